@@ -8,4 +8,7 @@ d = { 'settings': { 'branch': 'main',
   'syms': { 'beitv2_lab.core': { 'beitv2_lab.core.atomic_path': ('core.html#atomic_path', 'beitv2_lab/core.py'),
                                  'beitv2_lab.core.default': ('core.html#default', 'beitv2_lab/core.py'),
                                  'beitv2_lab.core.exists': ('core.html#exists', 'beitv2_lab/core.py'),
-                                 'beitv2_lab.core.l2norm': ('core.html#l2norm', 'beitv2_lab/core.py')}}}
+                                 'beitv2_lab.core.l2norm': ('core.html#l2norm', 'beitv2_lab/core.py')},
+            'beitv2_lab.test_utils': { 'beitv2_lab.test_utils.imagenette_path': ( 'test_utils.html#imagenette_path',
+                                                                                  'beitv2_lab/test_utils.py'),
+                                       'beitv2_lab.test_utils.repo_root': ('test_utils.html#repo_root', 'beitv2_lab/test_utils.py')}}}
