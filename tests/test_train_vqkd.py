@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from beitv2_lab.train import VQKDConfig, read_metrics, run_vqkd
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(teacher='hog', model='vqkd_tiny', img_size=32, codebook_size=64, code_dim=8, batch_size=8,
+TINY = dict(teacher='hog', model='vqkd_tiny', img_size=32, teacher_size=32, codebook_size=64, code_dim=8, batch_size=8,
             warmup_steps=2, n_embedded=256, num_workers=0, progress=False)
 
 
