@@ -72,3 +72,18 @@ def test_bad_parameters_fail_before_compute(tmp_path):
     with pytest.raises(ValueError, match='data_path'): run_vqkd(VQKDConfig(**TINY), data_path=str(tmp_path/'missing'))
     with pytest.raises(ValueError, match='lr'): run_vqkd(VQKDConfig(**TINY), lr=-1.0)
     assert not any(tmp_path.iterdir())
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path):
+    "A folder with corrupt, truncated and empty files next to real photos trains to the end and reports the skips."
+    import shutil
+    from beitv2_lab.test_utils import imagenette_path
+    data = tmp_path/'imgs'; data.mkdir()
+    for p in sorted((imagenette_path()/'train'/'n01440764').glob('*.JPEG'))[:6]: shutil.copy(p, data/p.name)
+    (data/'corrupt.jpg').write_bytes(b'not an image at all')
+    (data/'empty.png').write_bytes(b'')
+    (data/'truncated.jpg').write_bytes((data/sorted(data.glob('*.JPEG'))[0].name).read_bytes()[:200])
+    summary = run_vqkd(VQKDConfig(**TINY), data_path=str(data), steps=6, batch_size=3, log_every=3, ckpt_every=6,
+                       out_dir=str(tmp_path/'run'))
+    assert summary['skipped'] >= 3, summary
+    assert read_metrics(tmp_path/'run')[-1]['skipped'] == summary['skipped']
