@@ -19,9 +19,11 @@ def test_eval_template(tmp_path):
     out = tmp_path/'out.ipynb'
     pm.execute_notebook(str(REPO/'nbs'/'eval.ipynb'), str(out), cwd=str(tmp_path), kernel_name='python3', progress_bar=False,
                         parameters=dict(mim=str(tmp_path/'mimrun'/'mim.safetensors'), tokenizer=str(tmp_path/'tok.safetensors'),
-                                        img_size=32, n_embedded=40, num_workers=0, pools='cls'))
+                                        img_size=32, n_embedded=40, num_workers=0, pools='cls',
+                                        finetune_epochs=1, finetune_batch_size=16))
     cells = json.loads(out.read_text())['cells']
     texts = ''.join(''.join(o.get('data', {}).get('text/markdown', '')) for c in cells for o in c.get('outputs', []))
     for name in ('| mimrun | cls |', '| random init | cls |', '| tokenizer codes | histogram |'):
         assert name in texts, texts
+    assert '| mimrun |' in texts.split('fine-tuned 1 epoch(s)')[-1], texts   # the fine-tune table
     assert any('image/png' in o.get('data', {}) for c in cells for o in c.get('outputs', []))
