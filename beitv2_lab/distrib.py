@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'is_dist', 'get_rank', 'get_world_size', 'is_main', 'resolve_device', 'init_distributed', 'cleanup',
-           'all_reduce_mean', 'free_port', 'launch']
+           'node_info', 'all_reduce_mean', 'free_port', 'launch']
 
 # %% ../nbs/30_distrib.ipynb #710e418e
 def is_dist() -> bool:
@@ -50,6 +50,14 @@ def cleanup():
         dist.barrier()
         dist.destroy_process_group()
 
+def node_info() -> dict:
+    "Where this process runs: its rank, its node's rank, the ranks on its node, and whether that node holds rank 0."
+    rank, local_ws = get_rank(), int(os.environ.get('LOCAL_WORLD_SIZE', 1))
+    node = int(os.environ.get('GROUP_RANK', 0))
+    first = rank - int(os.environ.get('LOCAL_RANK', 0))
+    ranks = list(range(first, first + local_ws)) if is_dist() else [0]
+    return dict(rank=rank, node_rank=node, ranks=ranks, has_rank0=0 in ranks)
+
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     "Mean of `t` over ranks (a no-op outside DDP)."
     if not is_dist(): return t
@@ -69,7 +77,7 @@ def launch(fn,                          # importable function run on every worke
            run_id: str = '',            # job id shared by all nodes (default: random, single node only)
            max_restarts: int = 0,       # elastic restarts of a failed worker group
           ):
-    "Run `fn(*args)` under torch elastic on `nproc_per_node` × `nnodes` workers; returns rank 0's result."
+    "Run `fn(*args)` under torch elastic on `nproc_per_node` × `nnodes` workers; the result of this node's lowest rank."
     if nproc_per_node < 1 or nnodes < 1: raise ValueError(f'nproc_per_node={nproc_per_node} and nnodes={nnodes} must be >= 1')
     if nproc_per_node == 1 and nnodes == 1: return fn(*args)
     if nnodes > 1 and not (rdzv_endpoint and run_id):
@@ -78,5 +86,16 @@ def launch(fn,                          # importable function run on every worke
     cfg = LaunchConfig(min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc_per_node, run_id=run_id or uuid.uuid4().hex,
                        rdzv_backend='c10d', rdzv_endpoint=rdzv_endpoint or f'127.0.0.1:{free_port()}',
                        max_restarts=max_restarts, monitor_interval=0.1, start_method='spawn')
-    results = elastic_launch(cfg, fn)(*args)
-    return results.get(0) if isinstance(results, dict) else results
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    try: results = elastic_launch(cfg, fn)(*args)
+    except ChildFailedError as e:                   # name the worker's own error, not only the launcher's
+        rank, failure = e.get_first_failure()
+        raise RuntimeError(f'worker rank {rank} failed: {_failure_message(failure)}') from e
+    return results[min(results)] if isinstance(results, dict) and results else results
+
+def _failure_message(failure) -> str:
+    "The worker's exception message from an elastic `ProcessFailure` (its error file), else its exit code."
+    msg = failure.message
+    if isinstance(msg, dict): msg = msg.get('message', msg)
+    if isinstance(msg, dict): msg = msg.get('message', '') or str(msg)
+    return str(msg).strip() or f'exit code {failure.exitcode}'

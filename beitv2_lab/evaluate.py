@@ -402,11 +402,19 @@ def eval_datasets(data_path: str = 'embedded', # image folder with class subfold
                   max_items: int = 0,         # keep every k-th item so each part has at most this many (0 = all)
                   seed: int = 0,
                   transforms=None,            # (train, test) transforms; default: `EvalTransform` to [0, 1] for both
+                  val_path: str = '',         # a separate labelled validation folder (ImageNet's train/ val/ layout): all of
+                                              # `data_path` trains, all of `val_path` is held out; '' = hash split of `data_path`
                  ):
     "(train, test) datasets of `[0, 1]` images with labels for probing."
     from beitv2_lab.data import EmbeddedPhotos, EvalTransform, ImageFolder
     tfs = transforms or (EvalTransform(size=img_size, mean=None),) * 2
-    if data_path == 'embedded':
+    if val_path:
+        if data_path == 'embedded': raise ValueError("val_path needs a labelled data_path folder, not 'embedded'")
+        parts = ImageFolder(data_path, transform=tfs[0]), ImageFolder(val_path, transform=tfs[1])
+        if parts[0].classes != parts[1].classes:
+            raise ValueError(f'val_path {val_path} has classes {parts[1].classes[:5]}... but data_path {data_path} has '
+                             f'{parts[0].classes[:5]}...: they must have the same class subfolders')
+    elif data_path == 'embedded':
         ds = [EmbeddedPhotos(n_samples=n_embedded, size=img_size, transform=tf, seed=seed) for tf in tfs]
         cut = int(round(len(ds[0]) * (1 - holdout)))
         parts = Subset(ds[0], range(cut)), Subset(ds[1], range(cut, len(ds[1])))

@@ -20,13 +20,13 @@ from timm.models._manipulate import checkpoint
 from timm.models.beit import Block, RelativePositionBias
 from timm.optim import param_groups_weight_decay
 
-from .core import atomic_path, exists
+from .core import exists, load_tagged, save_tagged
 
 _logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['MIM_VARIANTS', 'TIMM_ARCH', 'mim_block', 'BEiTv2', 'mim_targets', 'list_mim', 'create_mim', 'load_official_mim',
-           'timm_kwargs', 'timm_state_dict', 'export_timm', 'create_timm']
+__all__ = ['MIM_VARIANTS', 'TIMM_ARCH', 'mim_block', 'BEiTv2', 'code_loss', 'mim_targets', 'list_mim', 'create_mim',
+           'load_official_mim', 'timm_kwargs', 'timm_state_dict', 'export_timm', 'create_timm']
 
 # %% ../nbs/20_mim.ipynb #3d4d12df
 def mim_block(dim: int, num_heads: int, mlp_ratio: float = 4., init_values: float | None = 0.1,
@@ -57,7 +57,9 @@ class BEiTv2(nn.Module):
                  num_heads: int = 12,             # attention heads
                  mlp_ratio: float = 4.,           # MLP width / D
                  init_values: float | None = 0.1, # layer-scale init (0.1 base, 1e-5 large); None: no layer scale
-                 codebook_size: int = 8192,       # K, must equal the tokenizer's
+                 head_dim: int = 8192,            # width of `lm_head`: K of the tokenizer, or a regression target's size; 0: no head
+                 use_abs_pos_emb: bool = False,   # learned absolute position embedding (ViT / iBOT layout)
+                 use_shared_rel_pos_bias: bool = True,  # one relative position bias shared by all blocks (BEiT)
                  patch_aggregation: bool = True,  # BEiT v2 CLS-pretraining branch; False: BEiT v1-style MIM
                  early_layers: int = 9,           # patch states after this many blocks feed the aggregation branch
                  head_layers: int = 2,            # blocks in the aggregation branch (`cls_pt_layers`)
@@ -69,12 +71,15 @@ class BEiTv2(nn.Module):
         if not isinstance(img_size, int): raise ValueError(f'img_size must be an int (square inputs), got {img_size!r}')
         if img_size % patch_size: raise ValueError(f'img_size {img_size} is not a multiple of patch_size {patch_size}')
         if embed_dim % num_heads: raise ValueError(f'embed_dim {embed_dim} is not divisible by num_heads {num_heads}')
+        if not (use_abs_pos_emb or use_shared_rel_pos_bias): raise ValueError('the model needs a position scheme: use_abs_pos_emb or use_shared_rel_pos_bias')
+        if patch_aggregation and head_dim < 1: raise ValueError('patch_aggregation needs a head (head_dim >= 1)')
         if patch_aggregation and not (1 <= early_layers <= depth and head_layers >= 1):
             raise ValueError(f'need 1 <= early_layers <= depth ({depth}) and head_layers >= 1, '
                              f'got early_layers={early_layers}, head_layers={head_layers}')
         self.config = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
                            depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, init_values=init_values,
-                           codebook_size=codebook_size, patch_aggregation=patch_aggregation,
+                           head_dim=head_dim, use_abs_pos_emb=use_abs_pos_emb,
+                           use_shared_rel_pos_bias=use_shared_rel_pos_bias, patch_aggregation=patch_aggregation,
                            early_layers=early_layers, head_layers=head_layers, shared_lm_head=shared_lm_head,
                            drop_path_rate=drop_path_rate, init_std=init_std)
         self.patch_aggregation, self.early_layers, self.shared_lm_head = patch_aggregation, early_layers, shared_lm_head
@@ -83,21 +88,22 @@ class BEiTv2(nn.Module):
         self.grid, self.num_patches = self.patch_embed.grid_size, self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.rel_pos_bias = RelativePositionBias(self.grid, num_heads)
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.num_patches, embed_dim)) if use_abs_pos_emb else None
+        self.rel_pos_bias = RelativePositionBias(self.grid, num_heads) if use_shared_rel_pos_bias else None
         n_dpr = max(depth, early_layers + head_layers) if patch_aggregation else depth
         dpr = [drop_path_rate * i / max(n_dpr - 1, 1) for i in range(n_dpr)]   # official linspace rule
         block = lambda i: mim_block(embed_dim, num_heads, mlp_ratio, init_values, dpr[i])
         self.blocks = nn.ModuleList([block(i) for i in range(depth)])
         self.norm = LayerNorm(embed_dim)
-        self.lm_head = nn.Linear(embed_dim, codebook_size)
+        self.lm_head = nn.Linear(embed_dim, head_dim) if head_dim else None
         if patch_aggregation:
             self.cls_pt_layers = nn.ModuleList([block(i) for i in range(early_layers, early_layers + head_layers)])
             if not shared_lm_head:
-                self.cls_pt_norm, self.cls_pt_lm_head = LayerNorm(embed_dim), nn.Linear(embed_dim, codebook_size)
+                self.cls_pt_norm, self.cls_pt_lm_head = LayerNorm(embed_dim), nn.Linear(embed_dim, head_dim)
         self.init_weights()
 
     @property
-    def codebook_size(self) -> int: return self.config['codebook_size']
+    def head_dim(self) -> int: return self.config['head_dim']
 
 # %% ../nbs/20_mim.ipynb #e73e57a5
 @patch
@@ -111,6 +117,7 @@ def init_weights(self: BEiTv2):
         elif isinstance(m, nn.LayerNorm): nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
     self.apply(_init)
     _trunc_normal(self.cls_token, std); _trunc_normal(self.mask_token, std)
+    if exists(self.pos_embed): _trunc_normal(self.pos_embed, std)
     for i, blk in enumerate(self.blocks): _rescale_block(blk, i + 1)
     for j, blk in enumerate(getattr(self, 'cls_pt_layers', [])): _rescale_block(blk, self.early_layers + j + 1)
 
@@ -124,7 +131,8 @@ def embed(self: BEiTv2, images: torch.Tensor, bool_masked_pos: torch.Tensor | No
             raise ValueError(f'bool_masked_pos must be a bool tensor of shape {tuple(x.shape[:2])}, '
                              f'got {bool_masked_pos.dtype} {tuple(bool_masked_pos.shape)}')
         x = torch.where(bool_masked_pos[..., None], self.mask_token.to(x.dtype), x)
-    return torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+    x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+    return x + self.pos_embed.to(x.dtype) if exists(self.pos_embed) else x
 
 @patch
 def _run(self: BEiTv2, blk, x, rel_pos_bias):
@@ -135,7 +143,7 @@ def _run(self: BEiTv2, blk, x, rel_pos_bias):
 def forward_encoder(self: BEiTv2, images: torch.Tensor, bool_masked_pos: torch.Tensor | None = None):
     "Blocks without the final norm: `(x [B, 1+N, D], early [B, N, D])`, early = patch states after `early_layers`."
     x, early = self.embed(images, bool_masked_pos), None
-    rel_pos_bias = self.rel_pos_bias()                                        # [heads, 1+N, 1+N], one for all blocks
+    rel_pos_bias = self.rel_pos_bias() if exists(self.rel_pos_bias) else None   # [heads, 1+N, 1+N], one for all blocks
     for i, blk in enumerate(self.blocks):
         x = self._run(blk, x, rel_pos_bias)
         if i + 1 == self.early_layers: early = x[:, 1:]
@@ -154,29 +162,31 @@ def set_grad_checkpointing(self: BEiTv2, enable: bool = True): self.grad_checkpo
 def forward_aggregation(self: BEiTv2, x: torch.Tensor, early: torch.Tensor) -> torch.Tensor:
     "Final-layer CLS + early patch states → `cls_pt_layers` → norm: `[B, 1+N, D]`."
     h = torch.cat([x[:, :1], early], dim=1)                                   # [B, 1+N, D]
-    rel_pos_bias = self.rel_pos_bias()
+    rel_pos_bias = self.rel_pos_bias() if exists(self.rel_pos_bias) else None
     for blk in self.cls_pt_layers: h = self._run(blk, h, rel_pos_bias)
     return self.norm(h) if self.shared_lm_head else self.cls_pt_norm(h)
 
 @patch
-def forward_logits(self: BEiTv2, images: torch.Tensor, bool_masked_pos: torch.Tensor) -> dict:
-    "Code logits at the masked positions, in `bool_masked_pos` order: `logits` (and `logits_agg`) `[M, K]`."
+def forward_masked(self: BEiTv2, images: torch.Tensor, bool_masked_pos: torch.Tensor) -> dict:
+    "Head outputs at the masked positions, in `bool_masked_pos` order: `pred` (and `pred_agg`) `[M, head_dim]`."
+    if self.lm_head is None: raise ValueError('this model has no head (head_dim=0): use forward_features')
     x, early = self.forward_encoder(images, bool_masked_pos)
-    out = dict(logits=self.lm_head(self.norm(x[:, 1:][bool_masked_pos])))     # only masked rows hit the K-way head
+    out = dict(pred=self.lm_head(self.norm(x[:, 1:][bool_masked_pos])))       # only masked rows hit the head
     if self.patch_aggregation:
         h = self.forward_aggregation(x, early)[:, 1:][bool_masked_pos]
-        out['logits_agg'] = (self.lm_head if self.shared_lm_head else self.cls_pt_lm_head)(h)
+        out['pred_agg'] = (self.lm_head if self.shared_lm_head else self.cls_pt_lm_head)(h)
     return out
 
 # %% ../nbs/20_mim.ipynb #5b139ea7
+def code_loss(pred: torch.Tensor, targets: torch.Tensor) -> dict:
+    "Cross entropy over K (fp32) and top-1 accuracy of code logits `pred [M, K]` against code ids `targets [M]`."
+    return dict(loss=F.cross_entropy(pred.float(), targets), acc=(pred.argmax(-1) == targets).float().mean().detach())
+
 @patch
-def forward_loss(self: BEiTv2, out: dict, targets: torch.Tensor) -> dict:
-    "`loss = CE(logits) + CE(logits_agg)` and top-1 accuracies; `targets` = `tok_ids[bool_masked_pos]` `[M]`."
-    res = dict(loss_main=F.cross_entropy(out['logits'].float(), targets))
-    res['acc_main'] = (out['logits'].argmax(-1) == targets).float().mean().detach()
-    if 'logits_agg' in out:
-        res['loss_agg'] = F.cross_entropy(out['logits_agg'].float(), targets)
-        res['acc_agg'] = (out['logits_agg'].argmax(-1) == targets).float().mean().detach()
+def forward_loss(self: BEiTv2, out: dict, targets: torch.Tensor, loss_fn=code_loss) -> dict:
+    "`loss = loss_fn(pred) + loss_fn(pred_agg)` with each branch's metrics as `*_main` / `*_agg`; `targets` at the masked positions."
+    res = {f'{k}_main': v for k, v in loss_fn(out['pred'], targets).items()}
+    if 'pred_agg' in out: res.update({f'{k}_agg': v for k, v in loss_fn(out['pred_agg'], targets).items()})
     res['loss'] = res['loss_main'] + res.get('loss_agg', 0.)
     return res
 
@@ -188,9 +198,9 @@ def forward(self: BEiTv2, images: torch.Tensor, bool_masked_pos: torch.Tensor, t
         if tok_ids.shape != bool_masked_pos.shape:
             raise ValueError(f'tok_ids shape {tuple(tok_ids.shape)} != bool_masked_pos shape {tuple(bool_masked_pos.shape)}')
         if not bool_masked_pos.any(): raise ValueError('bool_masked_pos masks no patch: the MIM loss is undefined')
-        if tok_ids.min() < 0 or tok_ids.max() >= self.codebook_size:
-            raise ValueError(f'tok_ids must lie in [0, codebook_size={self.codebook_size}); check the tokenizer K')
-    out = self.forward_logits(images, bool_masked_pos)
+        if tok_ids.min() < 0 or tok_ids.max() >= self.head_dim:
+            raise ValueError(f'tok_ids must lie in [0, head_dim={self.head_dim}); check the tokenizer K')
+    out = self.forward_masked(images, bool_masked_pos)
     return out if tok_ids is None else self.forward_loss(out, tok_ids[bool_masked_pos])
 
 # %% ../nbs/20_mim.ipynb #c6ec240f
@@ -227,12 +237,12 @@ MIM_VARIANTS = {
     'beitv2_base_patch16_224': dict(embed_dim=768, depth=12, num_heads=12, init_values=0.1, early_layers=9),
     'beitv2_large_patch16_224': dict(embed_dim=1024, depth=24, num_heads=16, init_values=1e-5, early_layers=21),
 }
-_MIM_DEFAULTS = dict(img_size=224, patch_size=16, mlp_ratio=4., codebook_size=8192, head_layers=2)
+_MIM_DEFAULTS = dict(img_size=224, patch_size=16, mlp_ratio=4., head_dim=8192, head_layers=2)
 
 def list_mim() -> list: return list(MIM_VARIANTS)
 
 def create_mim(name: str = 'beitv2_base_patch16_224', # a name from `list_mim()`
-               **overrides,                            # any `BEiTv2` argument: img_size, codebook_size, drop_path_rate...
+               **overrides,                            # any `BEiTv2` argument: img_size, head_dim, drop_path_rate...
               ) -> BEiTv2:
     "Build a named BEiT v2 MIM variant."
     if name not in MIM_VARIANTS: raise ValueError(f'unknown MIM model {name!r}; choose one of {list_mim()}')
@@ -268,21 +278,24 @@ def timm_kwargs(model: BEiTv2,               # the pretrained MIM model
     if norm == 'fc_norm' and global_pool != 'avg': raise ValueError("norm='fc_norm' only makes sense with global_pool='avg'")
     c = model.config
     return dict(img_size=c['img_size'], patch_size=c['patch_size'], in_chans=c['in_chans'], embed_dim=c['embed_dim'],
-                depth=c['depth'], num_heads=c['num_heads'], mlp_ratio=c['mlp_ratio'], init_values=c['init_values'],
-                qkv_bias=True, use_abs_pos_emb=False, use_rel_pos_bias=True, use_shared_rel_pos_bias=False,
+                depth=c['depth'], num_heads=c['num_heads'], mlp_ratio=c['mlp_ratio'],
+                init_values=c['init_values'] or 0.,   # timm.create_model drops None kwargs; 0 = no layer scale there too
+                qkv_bias=True, use_abs_pos_emb=c.get('use_abs_pos_emb', False),
+                use_rel_pos_bias=c.get('use_shared_rel_pos_bias', True), use_shared_rel_pos_bias=False,
                 global_pool=global_pool, use_fc_norm=norm == 'fc_norm')
 
 # %% ../nbs/20_mim.ipynb #998c2b9e
 def timm_state_dict(model: BEiTv2, norm: str = 'norm') -> dict:
     "The backbone in timm `Beit` layout: per-block copies of the shared table; no mask token, heads or aggregation."
     if norm not in ('norm', 'fc_norm'): raise ValueError(f"norm must be 'norm' or 'fc_norm', got {norm!r}")
-    table = model.rel_pos_bias.relative_position_bias_table.detach()
     out = {}
     for k, v in model.state_dict().items():
         if k.startswith(('mask_token', 'lm_head', 'cls_pt_', 'rel_pos_bias.')): continue
         if k.startswith('norm.'): k = f'{norm}.{k[5:]}'
         out[k] = v.detach().clone().contiguous().cpu()
-    for i in range(len(model.blocks)): out[f'blocks.{i}.attn.relative_position_bias_table'] = table.clone().cpu()
+    if exists(model.rel_pos_bias):
+        table = model.rel_pos_bias.relative_position_bias_table.detach()
+        for i in range(len(model.blocks)): out[f'blocks.{i}.attn.relative_position_bias_table'] = table.clone().cpu()
     return out
 
 def export_timm(model: BEiTv2,                 # the pretrained MIM model
@@ -292,11 +305,8 @@ def export_timm(model: BEiTv2,                 # the pretrained MIM model
     "Write the backbone as a timm-loadable safetensors file; `timm_kwargs` are stored in its metadata."
     path = Path(path)
     if path.suffix != '.safetensors': raise ValueError(f'path must end in .safetensors, got {path}')
-    from safetensors.torch import save_file
     sd, kw = timm_state_dict(model, norm), timm_kwargs(model, norm=norm)
-    with atomic_path(path) as tmp:
-        save_file(sd, str(tmp), metadata={'format': 'pt', 'beitv2_lab': 'beitv2_timm', 'timm_arch': TIMM_ARCH,
-                                          'timm_kwargs': json.dumps(kw)})
+    save_tagged(path, sd, 'beitv2_timm', timm_arch=TIMM_ARCH, timm_kwargs=json.dumps(kw))
     _logger.info('exported %d tensors to %s', len(sd), path)
     return path
 
@@ -308,18 +318,12 @@ def create_timm(path: str | os.PathLike,       # a file written by `export_timm`
                ) -> nn.Module:
     "Build the timm model for an exported file via timm's own `pretrained=True` loader, and check every backbone key loaded."
     import timm
-    from safetensors import safe_open
-    from safetensors.torch import load_file
     p = Path(path)
-    if not p.exists(): raise FileNotFoundError(f'exported file not found: {p}')
-    try:
-        with safe_open(str(p), 'pt') as f: meta = f.metadata() or {}
-    except Exception as e: raise ValueError(f'{p} is not a readable safetensors file: {e}') from None
-    if meta.get('beitv2_lab') != 'beitv2_timm': raise ValueError(f'{p} was not written by export_timm')
+    sd, meta = load_tagged(p, 'beitv2_timm')                     # written by export_timm, or a clear error
     kw = {**json.loads(meta['timm_kwargs']), **({'global_pool': global_pool} if global_pool else {}), **kwargs}
     model = timm.create_model(meta['timm_arch'], pretrained=True, num_classes=num_classes,
                               pretrained_cfg_overlay=dict(file=str(p), num_classes=0), **kw)
-    sd, msd = load_file(str(p)), model.state_dict()          # timm loads non-strictly when num_classes > 0: check
+    msd = model.state_dict()                                 # timm loads non-strictly when num_classes > 0: check
     missing = [k for k in msd if k not in sd and not k.startswith('head.')]
     if missing or set(sd) - set(msd) or any(not torch.equal(sd[k], msd[k].cpu()) for k in sd):
         raise RuntimeError(f'{p} did not load fully into timm (missing {missing[:5]})')

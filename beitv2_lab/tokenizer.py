@@ -5,9 +5,11 @@
 # %% ../nbs/12_tokenizer.ipynb #6bd0857e
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
@@ -17,11 +19,12 @@ from timm.layers import trunc_normal_
 from timm.models.beit import Beit
 
 from .codebook import NormEMAVectorQuantizer, nearest_code
-from .core import atomic_path, l2norm
+from .core import l2norm, load_tagged, read_header, save_tagged
 
 # %% auto #0
-__all__ = ['TOKENIZER_VARIANTS', 'vqkd_vit', 'patch_tokens', 'task_layer', 'VQKD', 'filter_official_state_dict', 'load_official',
-           'official_state_dict', 'list_tokenizers', 'create_tokenizer', 'save_tokenizer', 'load_tokenizer']
+__all__ = ['TOKENIZER_VARIANTS', 'TOKENIZER_KINDS', 'vqkd_vit', 'patch_tokens', 'task_layer', 'VQKD',
+           'filter_official_state_dict', 'load_official', 'official_state_dict', 'list_tokenizers', 'create_tokenizer',
+           'Tokenizer', 'tokenizer_header', 'save_tokenizer', 'load_tokenizer', 'tokenizer_info', 'load_any_tokenizer']
 
 # %% ../nbs/12_tokenizer.ipynb #d29a57ea
 def vqkd_vit(img_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio=4.) -> Beit:
@@ -79,8 +82,14 @@ class VQKD(nn.Module):
             trunc_normal_(m.weight, std=.02)
             nn.init.zeros_(m.bias)
 
+    kind = 'vqkd'                                  # tokenizer protocol: the file tag
+    pixel_mean, pixel_std = (0.5,) * 3, (0.5,) * 3  # the encoder sees (x - 0.5) / 0.5 = 2x - 1 of pixels in [0, 1]
+
     @property
     def codebook_size(self) -> int: return self.config['codebook_size']
+
+    def save(self, path) -> Path: return save_tokenizer(self, path)
+    def code_embeddings(self) -> torch.Tensor: return l2norm(self.quantize.codebook.detach().float())   # [K, C]
 
 # %% ../nbs/12_tokenizer.ipynb #defe3c40
 @patch
@@ -115,8 +124,16 @@ def forward(self: VQKD, images: torch.Tensor, targets: torch.Tensor) -> dict:
 @torch.no_grad()
 def encode(self: VQKD, images: torch.Tensor) -> torch.Tensor:
     "Code ids `tok_ids [B, N]` of images in [0, 1]; never updates the codebook."
+    return self.encode_scored(images)[0]
+
+@patch
+@torch.no_grad()
+def encode_scored(self: VQKD, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    "`(tok_ids [B, N], scores [B, N])` of images in [0, 1]: each patch's code and its cosine to that code."
     z = l2norm(self.forward_encoder(images))                              # [B, N, C]
-    return nearest_code(z.flatten(0, -2), self.quantize.codebook, self.quantize.chunk_size).view(z.shape[:-1])
+    codebook = self.quantize.codebook
+    ids = nearest_code(z.flatten(0, -2), codebook, self.quantize.chunk_size).view(z.shape[:-1])
+    return ids, (z * codebook[ids].to(z.dtype)).sum(-1)
 
 # %% ../nbs/12_tokenizer.ipynb #98ecfdfd
 _DROP = ('teacher_model.', 'teacher.', 'scaling_layer.', 'scaling', 'loss')
@@ -169,14 +186,29 @@ def create_tokenizer(name: str = 'vqkd_base', # a name from `list_tokenizers()`
         raise ValueError(f'unknown tokenizer {name!r}; choose one of {list_tokenizers()}')
     return VQKD(**{**TOKENIZER_VARIANTS[name], **overrides})
 
+# %% ../nbs/12_tokenizer.ipynb #a34ef2ba
+@runtime_checkable
+class Tokenizer(Protocol):
+    "What every code-producing model provides (VQ-KD, dVAE, iBOT's teacher)."
+    kind: str                          # file tag: 'vqkd', 'dvae', 'ibot'
+    codebook_size: int                 # K
+    grid: tuple                        # (h, w) code grid, N = h * w
+    img_size: tuple                    # (H, W) input resolution `encode` expects
+    pixel_mean: tuple                  # encode normalises [0, 1] pixels as (x - mean) / std, per channel
+    pixel_std: tuple
+    def encode(self, images: torch.Tensor) -> torch.Tensor: ...                      # [B, 3, H, W] in [0, 1] -> tok_ids [B, N]
+    def encode_scored(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...  # (tok_ids, scores [B, N])
+    def save(self, path) -> Path: ...
+
+def tokenizer_header(tok) -> dict:
+    "The protocol facts of `tok` as one safetensors header entry (every tokenizer kind's `save` writes it)."
+    return {'tokenizer': json.dumps(dict(kind=tok.kind, codebook_size=int(tok.codebook_size), grid=list(tok.grid),
+                                         img_size=list(tok.img_size), pixel_mean=list(tok.pixel_mean), pixel_std=list(tok.pixel_std)))}
+
 # %% ../nbs/12_tokenizer.ipynb #a85b37a7
 def save_tokenizer(model: VQKD, path: str | os.PathLike) -> Path:
-    "Write `model` (weights + its config) to one safetensors file, atomically."
-    from safetensors.torch import save_file
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(sd, str(tmp), metadata={'format': 'pt', 'beitv2_lab': 'vqkd', 'config': json.dumps(model.config)})
-    return Path(path)
+    "Write `model` (weights + its config + the tokenizer protocol facts) to one safetensors file, atomically."
+    return save_tagged(path, model.state_dict(), 'vqkd', config=model.config, **tokenizer_header(model))
 
 def _resample_pos_embeds(sd: dict, old_grid, new_grid) -> dict:
     "Resample the encoder's and decoder's absolute position tables from `old_grid` to `new_grid` (bicubic, CLS kept)."
@@ -189,14 +221,10 @@ def load_tokenizer(path: str | os.PathLike,  # a file written by `save_tokenizer
                    img_size: int | tuple | None = None,  # encode at another resolution: position tables are resampled
                   ) -> VQKD:
     "Rebuild a tokenizer written by `save_tokenizer` (eval mode, frozen)."
-    from safetensors import safe_open
-    from safetensors.torch import load_file
     p = Path(path)
     if not p.exists(): raise FileNotFoundError(f'tokenizer file not found: {p}')
-    with safe_open(str(p), 'pt') as f: meta = f.metadata() or {}
-    if meta.get('beitv2_lab') != 'vqkd':
-        raise ValueError(f'{p} is not a beitv2_lab tokenizer file (use load_official for official checkpoints)')
-    cfg, sd = json.loads(meta['config']), load_file(str(p))
+    sd, header = load_tagged(p, 'vqkd')
+    cfg = header['config']
     if img_size is not None:
         model = VQKD(**{**cfg, 'img_size': img_size})                 # checks the new size against the patch size
         old = [s // cfg['patch_size'] for s in cfg['img_size']]
@@ -204,3 +232,31 @@ def load_tokenizer(path: str | os.PathLike,  # a file written by `save_tokenizer
     else: model = VQKD(**cfg)
     model.load_state_dict(sd, strict=True)
     return model.to(device).eval().requires_grad_(False)
+
+# %% ../nbs/12_tokenizer.ipynb #1ea2dc4c
+TOKENIZER_KINDS = {'vqkd': 'beitv2_lab.tokenizer:load_tokenizer',     # kind tag -> 'module:loader(path, device)'
+                   'dvae': 'beitv2_lab.dvae:load_dvae',
+                   'ibot': 'beitv2_lab.ibot:load_ibot_tokenizer'}
+
+def _official_info() -> dict:
+    v = TOKENIZER_VARIANTS['vqkd_base']
+    return dict(kind='vqkd', codebook_size=v['codebook_size'], grid=[14, 14], img_size=[224, 224], pixel_mean=[0.5] * 3, pixel_std=[0.5] * 3)
+
+def tokenizer_info(path) -> dict:
+    "The protocol facts (kind, codebook_size, grid, img_size, pixel_mean/std) of a tokenizer file, from its header alone."
+    p = Path(path)
+    if not p.is_file(): raise FileNotFoundError(f'tokenizer file not found: {p}')
+    if p.suffix != '.safetensors': return _official_info()
+    header = read_header(p)
+    if header['kind'] is None: return _official_info()
+    if header['kind'] not in TOKENIZER_KINDS or 'tokenizer' not in header:
+        raise ValueError(f"{p} holds {header['kind']!r}, not a tokenizer (kinds: {sorted(TOKENIZER_KINDS)})")
+    return json.loads(header['tokenizer'])
+
+def load_any_tokenizer(path, device='cpu'):
+    "A frozen tokenizer (eval mode, no grad) of any kind from its file, or an official VQ-KD base checkpoint."
+    info = tokenizer_info(path)
+    if Path(path).suffix != '.safetensors' or read_header(path)['kind'] is None:
+        return load_official(create_tokenizer('vqkd_base'), path).to(device).eval().requires_grad_(False)
+    module, fn = TOKENIZER_KINDS[info['kind']].split(':')
+    return getattr(importlib.import_module(module), fn)(path, device)

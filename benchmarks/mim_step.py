@@ -1,8 +1,8 @@
 """Images/s, peak memory and FLOPs of ONE BEiT v2 MIM pretraining step, per configuration, measured in the same run.
 
-A step = `train_mim.mim_step` (frozen tokenizer forward for `tok_ids`, no grad; student forward and loss) + backward +
-AdamW step (`train.build_optimizer`), on random images and `masking.block_masks` (the official 75/196 patches, scaled
-to N), as in `train_mim._train_mim` minus data loading and gradient clipping.
+A step = `task_mim.MIMTask.step` (frozen tokenizer forward for `tok_ids`, no grad; student forward and loss) under the
+harness's autocast + backward + AdamW step (`train.build_optimizer`), on random images and `masking.block_masks` (the
+official 75/196 patches, scaled to N), as in `train.fit` minus data loading and gradient clipping.
 
 Configurations (ratios are against the first one)
 - CPU: `beitv2_tiny_patch16_224` + `vqkd_tiny`, B=32: fp32 eager (baseline), fp32 eager with SDPA off, fp32 with
@@ -75,7 +75,7 @@ def build(a, dev: torch.device, batch_size: int, sdpa: bool):
     from beitv2_lab.train import build_optimizer
     torch.manual_seed(0)
     tokenizer = create_tokenizer(a.tokenizer, img_size=a.img_size).to(dev).eval().requires_grad_(False)
-    model = create_mim(a.model, img_size=a.img_size, codebook_size=tokenizer.codebook_size).to(dev).train()
+    model = create_mim(a.model, img_size=a.img_size, head_dim=tokenizer.codebook_size).to(dev).train()
     set_sdpa(sdpa, tokenizer, model)
     opt = build_optimizer(model, lr=1.5e-3, weight_decay=0.05, betas=(0.9, 0.98))
     g = a.img_size // 16; N = g * g                                                  # patch grid of both models
@@ -88,9 +88,11 @@ def build(a, dev: torch.device, batch_size: int, sdpa: bool):
 
 
 def train_step(net, tokenizer, opt, batch, dev, precision: str) -> torch.Tensor:
-    "One MIM step as in `train_mim._train_mim`: targets + student forward, backward, AdamW."
-    from beitv2_lab.train_mim import mim_step
-    res = mim_step(net, tokenizer, batch, dev, precision)
+    "One MIM step as in `train.fit`: the task's step (targets + student forward) under autocast, backward, AdamW."
+    from beitv2_lab.task_mim import MIMTask
+    from beitv2_lab.train import Built, autocast_ctx
+    built = Built(model=net, frozen=dict(tokenizer=tokenizer), net=net, device=dev)
+    with autocast_ctx(dev, precision): res = MIMTask().step(built, batch, 0)
     opt.zero_grad(set_to_none=True); res['loss'].backward(); opt.step()
     return res['loss'].detach()
 

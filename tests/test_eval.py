@@ -11,11 +11,11 @@ def test_eval_template(tmp_path):
     import papermill as pm
     from beitv2_lab.mim import create_mim
     from beitv2_lab.tokenizer import create_tokenizer, save_tokenizer
-    from beitv2_lab.train_mim import save_mim
+    from beitv2_lab.task_mim import save_mim
     torch.manual_seed(0)
     save_tokenizer(create_tokenizer('vqkd_tiny', img_size=32, codebook_size=64), tmp_path/'tok.safetensors')
     (tmp_path/'mimrun').mkdir()
-    save_mim(create_mim('beitv2_tiny_patch16_224', img_size=32, codebook_size=64), tmp_path/'mimrun'/'mim.safetensors')
+    save_mim(create_mim('beitv2_tiny_patch16_224', img_size=32, head_dim=64), tmp_path/'mimrun'/'mim.safetensors')
     out = tmp_path/'out.ipynb'
     pm.execute_notebook(str(REPO/'nbs'/'eval.ipynb'), str(out), cwd=str(tmp_path), kernel_name='python3', progress_bar=False,
                         parameters=dict(mim=str(tmp_path/'mimrun'/'mim.safetensors'), tokenizer=str(tmp_path/'tok.safetensors'),

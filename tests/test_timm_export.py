@@ -109,19 +109,19 @@ def test_fc_norm_export(exported):
 
 def test_raw_checkpoint_does_not_load_into_timm():
     "Why the export exists: the pretraining layout (shared table, mask token, lm_head) is not timm's."
-    m = create_mim('beitv2_tiny_patch16_224', img_size=64, codebook_size=64)
+    m = create_mim('beitv2_tiny_patch16_224', img_size=64, head_dim=64)
     with pytest.raises(RuntimeError):
         Beit(**timm_kwargs(m), num_classes=0).load_state_dict(m.state_dict(), strict=True)
     Beit(**timm_kwargs(m), num_classes=0).load_state_dict(timm_state_dict(m), strict=True)
 
 
 def test_bad_arguments(tmp_path):
-    m = create_mim('beitv2_tiny_patch16_224', img_size=64, codebook_size=64)
+    m = create_mim('beitv2_tiny_patch16_224', img_size=64, head_dim=64)
     with pytest.raises(ValueError, match='norm'): export_timm(m, tmp_path/'a.safetensors', norm='layer')
     with pytest.raises(ValueError, match='global_pool'): timm_kwargs(m, global_pool='max')
     (tmp_path/'other.safetensors').write_bytes(b'')
     with pytest.raises(ValueError, match='not a readable safetensors'): create_timm(tmp_path/'other.safetensors')
     from safetensors.torch import save_file
     save_file({'a': torch.zeros(1)}, str(tmp_path/'foreign.safetensors'))
-    with pytest.raises(ValueError, match='export_timm'): create_timm(tmp_path/'foreign.safetensors')
+    with pytest.raises(ValueError, match="expected 'beitv2_timm'"): create_timm(tmp_path/'foreign.safetensors')
     with pytest.raises(FileNotFoundError): create_timm(tmp_path/'missing.safetensors')

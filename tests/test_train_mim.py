@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from beitv2_lab.tokenizer import create_tokenizer, save_tokenizer
-from beitv2_lab.train import read_metrics
-from beitv2_lab.train_mim import MIMConfig, load_mim, run_mim
+from beitv2_lab.task_mim import MIMConfig, MIMTask, load_mim
+from beitv2_lab.train import load_checkpoint, read_metrics, run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(model='beitv2_tiny_patch16_224', img_size=32, batch_size=4, warmup_steps=1, n_embedded=32, num_workers=0,
@@ -24,13 +24,13 @@ def tokenizer(tmp_path):
 def test_papermill_template(tmp_path, tokenizer):
     "The pretraining notebook runs end to end through papermill with tiny parameters and plots at the end."
     import papermill as pm
-    out_nb, run = tmp_path/'out.ipynb', tmp_path/'run'
-    params = dict(TINY, tokenizer=tokenizer, steps=2, log_every=1, ckpt_every=2, out_dir=str(run))
+    out_nb, rdir = tmp_path/'out.ipynb', tmp_path/'run'
+    params = dict(TINY, tokenizer=tokenizer, steps=2, log_every=1, ckpt_every=2, out_dir=str(rdir))
     pm.execute_notebook(str(REPO/'nbs'/'pretrain_mim.ipynb'), str(out_nb), parameters=params, cwd=str(tmp_path),
                         kernel_name='python3', progress_bar=False)
-    assert (run/'backbone.safetensors').exists() and (run/'mim.safetensors').exists()
-    assert load_mim(run/'mim.safetensors').codebook_size == 64          # K taken from the tokenizer
-    assert [r['step'] for r in read_metrics(run)] == [1, 2]
+    assert (rdir/'backbone.safetensors').exists() and (rdir/'mim.safetensors').exists()
+    assert load_mim(rdir/'mim.safetensors').head_dim == 64          # K taken from the tokenizer
+    assert [r['step'] for r in read_metrics(rdir)] == [1, 2]
     nb = json.loads(out_nb.read_text())
     images = [o for c in nb['cells'] if c['cell_type'] == 'code' for o in c.get('outputs', []) if 'image/png' in o.get('data', {})]
     assert len(images) >= 2, 'expected the curves and the masks'
@@ -39,20 +39,20 @@ def test_papermill_template(tmp_path, tokenizer):
 def test_ddp_two_processes_keep_weights_identical(tmp_path, tokenizer):
     """2 gloo workers on different data shards: at each checkpoint the run all-gathers a hash of every rank's weights
     and fails if they differ; the loss is finite and the checkpoint holds both ranks' RNG states."""
-    run = tmp_path/'ddp'
-    summary = run_mim(MIMConfig(**TINY, tokenizer=tokenizer), steps=3, log_every=1, ckpt_every=2, nproc_per_node=2, out_dir=str(run))
+    rdir = tmp_path/'ddp'
+    summary = run(MIMTask(), MIMConfig(**TINY, tokenizer=tokenizer), steps=3, log_every=1, ckpt_every=2, nproc_per_node=2, out_dir=str(rdir))
     assert summary['world_size'] == 2 and summary['weights_in_sync'] is True
-    rows = read_metrics(run)
+    rows = read_metrics(rdir)
     assert [r['step'] for r in rows] == [1, 2, 3]
     assert all(torch.isfinite(torch.tensor(r['loss'])) and r['loss'] > 0 for r in rows)
-    ckpt = run/'checkpoints'/'step_0000003'
-    assert len(torch.load(ckpt/'state.pt', weights_only=False)['rng']) == 2
+    ckpt = rdir/'checkpoints'/'step_0000003'
+    assert len(load_checkpoint(ckpt)['rng']) == 2
 
 
 def test_bad_parameters_fail_before_compute(tmp_path, tokenizer):
     cfg = MIMConfig(**TINY, tokenizer=tokenizer, out_dir=str(tmp_path/'run'))
-    with pytest.raises(ValueError, match='tokenizer'): run_mim(cfg, tokenizer=str(tmp_path/'missing.safetensors'))
-    with pytest.raises(ValueError, match='img_size=32'): run_mim(cfg, img_size=64)
-    with pytest.raises(ValueError, match='model'): run_mim(cfg, model='beitv2_huge')
-    with pytest.raises(ValueError, match='data_path'): run_mim(cfg, data_path=str(tmp_path/'missing'))
+    with pytest.raises(ValueError, match='tokenizer'): run(MIMTask(), cfg, tokenizer=str(tmp_path/'missing.safetensors'))
+    with pytest.raises(ValueError, match='img_size=32'): run(MIMTask(), cfg, img_size=64)
+    with pytest.raises(ValueError, match='model'): run(MIMTask(), cfg, model='beitv2_huge')
+    with pytest.raises(ValueError, match='data_path'): run(MIMTask(), cfg, data_path=str(tmp_path/'missing'))
     assert not (tmp_path/'run').exists()

@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from beitv2_lab.train import VQKDConfig, read_metrics, run_vqkd
+from beitv2_lab.task_vqkd import VQKDConfig, VQKDTask
+from beitv2_lab.train import load_checkpoint, read_metrics, run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(teacher='hog', model='vqkd_tiny', img_size=32, teacher_size=32, codebook_size=64, code_dim=8, batch_size=8,
@@ -21,12 +22,12 @@ TINY = dict(teacher='hog', model='vqkd_tiny', img_size=32, teacher_size=32, code
 def test_papermill_template(tmp_path):
     "The training notebook runs end to end through papermill with tiny parameters and plots at the end."
     import papermill as pm
-    out_nb, run = tmp_path/'out.ipynb', tmp_path/'run'
-    params = dict(TINY, steps=6, log_every=2, ckpt_every=3, out_dir=str(run))
+    out_nb, rdir = tmp_path/'out.ipynb', tmp_path/'run'
+    params = dict(TINY, steps=6, log_every=2, ckpt_every=3, out_dir=str(rdir))
     pm.execute_notebook(str(REPO/'nbs'/'train_vqkd.ipynb'), str(out_nb), parameters=params, cwd=str(tmp_path),
                         kernel_name='python3', progress_bar=False)
-    assert (run/'tokenizer.safetensors').exists()
-    assert [r['step'] for r in read_metrics(run)] == [2, 4, 6]
+    assert (rdir/'tokenizer.safetensors').exists()
+    assert [r['step'] for r in read_metrics(rdir)] == [2, 4, 6]
     nb = json.loads(out_nb.read_text())
     images = [o for c in nb['cells'] if c['cell_type'] == 'code' for o in c.get('outputs', []) if 'image/png' in o.get('data', {})]
     assert len(images) >= 3, 'expected the curves, the usage histogram and the code patches'
@@ -35,24 +36,25 @@ def test_papermill_template(tmp_path):
 def test_ddp_two_processes_keep_codebooks_identical(tmp_path):
     """2 gloo workers with different data shards: the run checks at every step that all ranks hold a bitwise
     identical codebook (after k-means init, after dead-code restarts, at the end) and fails otherwise."""
-    run = tmp_path/'ddp'
-    summary = run_vqkd(VQKDConfig(**TINY), steps=6, log_every=1, ckpt_every=6, dead_code_threshold=0.5,
-                       nproc_per_node=2, out_dir=str(run))
-    rows = read_metrics(run)
+    rdir = tmp_path/'ddp'
+    summary = run(VQKDTask(), VQKDConfig(**TINY), steps=6, log_every=1, ckpt_every=6, dead_code_threshold=0.5,
+                       nproc_per_node=2, out_dir=str(rdir))
+    rows = read_metrics(rdir)
     assert [r['step'] for r in rows] == list(range(1, 7))
     assert all(r['codebook_in_sync'] is True for r in rows)
     assert rows[-1]['restarts'] > 0, 'the config is meant to trigger dead-code restarts'
     assert summary['world_size'] == 2
-    ckpt = run/'checkpoints'/'step_0000006'
-    assert len(torch.load(ckpt/'state.pt', weights_only=False)['rng']) == 2   # every rank's RNG state is saved
+    ckpt = rdir/'checkpoints'/'step_0000006'
+    assert len(load_checkpoint(ckpt)['rng']) == 2   # every rank's RNG state is saved
 
 
 def test_resume_after_kill_matches_uninterrupted(tmp_path):
     "A run killed (SIGKILL) after its first checkpoint and resumed ends bit-identical to an uninterrupted run."
     cfg = dict(TINY, steps=16, ckpt_every=4, log_every=4, dead_code_threshold=0.05)
-    run_vqkd(VQKDConfig(**cfg), out_dir=str(tmp_path/'full'))
+    run(VQKDTask(), VQKDConfig(**cfg), out_dir=str(tmp_path/'full'))
     cut = tmp_path/'cut'
-    code = f"from beitv2_lab.train import VQKDConfig, run_vqkd; run_vqkd(VQKDConfig(**{cfg!r}), out_dir={str(cut)!r})"
+    code = (f"from beitv2_lab.task_vqkd import VQKDConfig, VQKDTask; from beitv2_lab.train import run; "
+            f"run(VQKDTask(), VQKDConfig(**{cfg!r}), out_dir={str(cut)!r})")
     proc = subprocess.Popen([sys.executable, '-c', code])
     deadline = time.time() + 120
     while not (cut/'checkpoints'/'step_0000004').exists():
@@ -60,7 +62,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL); proc.wait()
     assert not (cut/'tokenizer.safetensors').exists(), 'the run finished before it was killed'
-    run_vqkd(VQKDConfig(**cfg), out_dir=str(cut))
+    run(VQKDTask(), VQKDConfig(**cfg), out_dir=str(cut))
     a, b = load_file(tmp_path/'full'/'tokenizer.safetensors'), load_file(cut/'tokenizer.safetensors')
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     strip = lambda rows: [{k: v for k, v in r.items() if k != 'img_per_s'} for r in rows]
@@ -68,9 +70,9 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
 
 
 def test_bad_parameters_fail_before_compute(tmp_path):
-    with pytest.raises(ValueError, match='teacher'): run_vqkd(VQKDConfig(**TINY), teacher='nope', out_dir=str(tmp_path))
-    with pytest.raises(ValueError, match='data_path'): run_vqkd(VQKDConfig(**TINY), data_path=str(tmp_path/'missing'))
-    with pytest.raises(ValueError, match='lr'): run_vqkd(VQKDConfig(**TINY), lr=-1.0)
+    with pytest.raises(ValueError, match='teacher'): run(VQKDTask(), VQKDConfig(**TINY), teacher='nope', out_dir=str(tmp_path))
+    with pytest.raises(ValueError, match='data_path'): run(VQKDTask(), VQKDConfig(**TINY), data_path=str(tmp_path/'missing'))
+    with pytest.raises(ValueError, match='lr'): run(VQKDTask(), VQKDConfig(**TINY), lr=-1.0)
     assert not any(tmp_path.iterdir())
 
 
@@ -83,7 +85,7 @@ def test_unreadable_images_are_skipped_and_counted(tmp_path):
     (data/'corrupt.jpg').write_bytes(b'not an image at all')
     (data/'empty.png').write_bytes(b'')
     (data/'truncated.jpg').write_bytes((data/sorted(data.glob('*.JPEG'))[0].name).read_bytes()[:200])
-    summary = run_vqkd(VQKDConfig(**TINY), data_path=str(data), steps=6, batch_size=3, log_every=3, ckpt_every=6,
+    summary = run(VQKDTask(), VQKDConfig(**TINY), data_path=str(data), steps=6, batch_size=3, log_every=3, ckpt_every=6,
                        out_dir=str(tmp_path/'run'))
     assert summary['skipped'] >= 3, summary
     assert read_metrics(tmp_path/'run')[-1]['skipped'] == summary['skipped']
