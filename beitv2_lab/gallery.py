@@ -23,8 +23,8 @@ from PIL import Image, ImageDraw, ImageFont
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from .codebook import nearest_code, perplexity
-from .core import atomic_path, default, exists, l2norm
+from .codebook import perplexity
+from .core import atomic_path, default, exists, l2norm, load_tagged, save_tagged
 from .data import Skipped, SkipCounter, collate
 
 _log = logging.getLogger('beitv2_lab.gallery')  # named explicitly: in the notebook __name__ is __main__
@@ -117,6 +117,7 @@ class CodeGallery:
     usage: torch.Tensor        # int64 [K]; occurrences of each code over the pass
     codebook: torch.Tensor     # float32 [K, C]; the tokenizer's (unit) code vectors
     label_counts: torch.Tensor | None = None  # int64 [K, L] per-code label histogram (None: no labels)
+    code_images: torch.Tensor | None = None   # uint8 [K, 3, h, w] what the tokenizer's decoder draws for each code alone (dVAE)
     classes: list | None = None                # L class names
     meta: dict = field(default_factory=dict)   # n_images, skipped, grid, patch_size, context, img_size, seconds, tokenizer, data
 
@@ -125,6 +126,8 @@ class CodeGallery:
         for name, shape in (('crops', (K, k, 3)), ('sources', (K, k, 2)), ('usage', (K,)), ('codebook', (K,))):
             if tuple(getattr(self, name).shape[:len(shape)]) != shape:
                 raise ValueError(f'{name}: shape {tuple(getattr(self, name).shape)} does not match scores [{K}, {k}]')
+        if exists(self.code_images) and tuple(self.code_images.shape[:2]) != (K, 3):
+            raise ValueError(f'code_images: shape {tuple(self.code_images.shape)} does not match K={K}')
         if exists(self.label_counts) and (self.label_counts.shape[0] != K or len(self.classes or []) != self.label_counts.shape[1]):
             raise ValueError(f'label_counts {tuple(self.label_counts.shape)} does not match K={K} and {len(self.classes or [])} classes')
 
@@ -169,27 +172,20 @@ def nearest_codes(self: CodeGallery, code: int, n: int = 8) -> tuple[torch.Tenso
     return i[:n], s[:n]
 
 # %% ../nbs/50_gallery.ipynb #22ca77c3
-_FIELDS = ('crops', 'scores', 'sources', 'usage', 'codebook', 'label_counts')
+_FIELDS = ('crops', 'scores', 'sources', 'usage', 'codebook', 'label_counts', 'code_images')
 
 @patch
 def save(self: CodeGallery, path: str | os.PathLike) -> Path:
     "Write the gallery to one safetensors file (tensors + json metadata), atomically."
-    from safetensors.torch import save_file
-    tensors = {k: getattr(self, k).detach().contiguous().cpu() for k in _FIELDS if exists(getattr(self, k))}
-    md = {'format': 'pt', 'beitv2_lab': 'code_gallery', 'meta': json.dumps(self.meta), 'classes': json.dumps(self.classes)}
-    with atomic_path(path) as tmp: save_file(tensors, str(tmp), metadata=md)
-    return Path(path)
+    tensors = {k: getattr(self, k) for k in _FIELDS if exists(getattr(self, k))}
+    return save_tagged(path, tensors, 'code_gallery', meta=json.dumps(self.meta), classes=json.dumps(self.classes))
 
 @patch(cls_method=True)
 def load(cls: CodeGallery, path: str | os.PathLike) -> CodeGallery:
     "Read a gallery written by `CodeGallery.save`."
-    from safetensors import safe_open
     p = Path(path)
     if not p.is_file(): raise FileNotFoundError(f'code gallery file not found: {p}')
-    try:
-        with safe_open(str(p), 'pt') as f: md, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e: raise ValueError(f'{p} is not a safetensors file ({type(e).__name__}: {e})') from e
-    if md.get('beitv2_lab') != 'code_gallery': raise ValueError(f'{p} is not a beitv2_lab code gallery file (see CodeGallery.save)')
+    tensors, md = load_tagged(p, 'code_gallery')
     return cls(**{k: tensors.get(k) for k in _FIELDS}, classes=json.loads(md['classes']), meta=json.loads(md['meta']))
 
 # %% ../nbs/50_gallery.ipynb #e15e008c
@@ -243,8 +239,12 @@ def _html_row(self: CodeGallery, code: int, n: int, scale: int) -> str:
         top = torch.sort(cnt, descending=True, stable=True).indices[:3]
         labels = ' · '.join(f'{html.escape(str(self.classes[i]))} {100 * cnt[i] / cnt.sum():.0f}%' for i in top.tolist() if cnt[i] > 0)
     img = _png_base64(self._row_image(code, n, scale))
+    drawn = ''
+    if exists(self.code_images):                     # the code decoded alone, beside the patches that use it
+        ci = Image.fromarray(self.code_images[code].permute(1, 2, 0).numpy())
+        drawn = f'<img class="decoded" src="data:image/png;base64,{_png_base64(ci.resize((ci.width * 4 * scale, ci.height * 4 * scale), Image.NEAREST))}" alt="code {code} decoded"> '
     return (f'<tr class="code" id="code-{code}"><td class="id">{code}</td><td class="usage">{int(self.usage[code])}</td>'
-            f'<td class="labels">{labels}</td><td><img src="data:image/png;base64,{img}" alt="code {code}"></td></tr>\n')
+            f'<td class="labels">{labels}</td><td>{drawn}<img src="data:image/png;base64,{img}" alt="code {code}"></td></tr>\n')
 
 @patch
 def to_html(self: CodeGallery,
@@ -274,7 +274,8 @@ class _Pass:
     "Running state of `build_gallery`."
     def __init__(self, tokenizer, n_labels: int, top_k: int, context: int, device):
         self.tok, self.L, self.context, self.device = tokenizer, n_labels, context, device
-        self.K, self.p, self.grid = tokenizer.quantize.codebook.shape[0], tokenizer.config['patch_size'], tuple(tokenizer.grid)
+        self.K, self.grid = tokenizer.codebook_size, tuple(tokenizer.grid)
+        self.p = tokenizer.img_size[0] // self.grid[0]                                            # pixels per code
         S = self.p + 2 * context
         self.usage = torch.zeros(self.K, dtype=torch.long, device=device)                        # [K]
         self.label_counts = torch.zeros(self.K * n_labels, dtype=torch.long, device=device)      # [K*L]
@@ -288,11 +289,9 @@ class _Pass:
 def update(self: _Pass, images: torch.Tensor, index: torch.Tensor, labels: torch.Tensor | None):
     "Fold one batch `[B, 3, H, W]` into the state."
     t0 = time.perf_counter()
-    B, N, codebook = images.shape[0], self.grid[0] * self.grid[1], self.tok.quantize.codebook
-    z = l2norm(self.tok.forward_encoder(images)).flatten(0, 1)                  # [B*N, C]
-    ids = nearest_code(z, codebook, self.tok.quantize.chunk_size)                # [B*N]
+    B, N = images.shape[0], self.grid[0] * self.grid[1]
+    ids, score = (t.flatten() for t in self.tok.encode_scored(images))         # [B*N] each, the tokenizer protocol
     _sync(self.device); t1 = time.perf_counter()
-    score = (z * codebook[ids]).sum(-1)                                          # [B*N] cosine to the code
     self.usage += torch.bincount(ids, minlength=self.K)
     if self.L and exists(labels):
         lab = labels.to(self.device).repeat_interleave(N)                        # [B*N]
@@ -315,7 +314,8 @@ def result(self: _Pass, classes: list | None, meta: dict) -> CodeGallery:
     rows = torch.arange(self.K, device=o.device)[:, None]
     return CodeGallery(crops=self.crops[rows, o].cpu(), scores=self.topk.scores.gather(1, o).float().cpu(),
                        sources=self.sources[rows, o].cpu(), usage=self.usage.cpu(),
-                       codebook=l2norm(self.tok.quantize.codebook.detach().float()).cpu(),
+                       codebook=self.tok.code_embeddings().float().cpu(),
+                       code_images=_to_uint8(self.tok.code_images(torch.arange(self.K, device=self.device))).cpu() if hasattr(self.tok, 'code_images') else None,
                        label_counts=self.label_counts.view(self.K, self.L).cpu() if self.L else None,
                        classes=classes if self.L else None, meta=meta)
 
@@ -345,7 +345,7 @@ def _check_inputs(tokenizer, dataset, top_k, context, batch_size, max_images, de
 
 # %% ../nbs/50_gallery.ipynb #db28fcab
 @torch.no_grad()
-def build_gallery(tokenizer,                      # a VQKD (forward_encoder, quantize.codebook, grid, img_size)
+def build_gallery(tokenizer,                      # any `Tokenizer` (encode_scored, code_embeddings, grid, img_size)
                   dataset,                        # items {'image': [3, H, W] in [0, 1], 'index', 'label'}; `Skipped` counted
                   top_k: int = 8,                 # k: patches kept per code
                   context: int = 4,               # pixels of context on each side of a patch

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import patch
-from timm.layers import LayerNorm, PatchEmbed, trunc_normal_
+from timm.layers import LayerNorm, PatchEmbed, resample_abs_pos_embed, trunc_normal_
 from timm.models._manipulate import checkpoint
 from timm.models.beit import Block, RelativePositionBias
 from timm.optim import param_groups_weight_decay
@@ -84,7 +84,7 @@ class BEiTv2(nn.Module):
                            drop_path_rate=drop_path_rate, init_std=init_std)
         self.patch_aggregation, self.early_layers, self.shared_lm_head = patch_aggregation, early_layers, shared_lm_head
         self.grad_checkpointing = False
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=not use_abs_pos_emb)
         self.grid, self.num_patches = self.patch_embed.grid_size, self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -132,7 +132,10 @@ def embed(self: BEiTv2, images: torch.Tensor, bool_masked_pos: torch.Tensor | No
                              f'got {bool_masked_pos.dtype} {tuple(bool_masked_pos.shape)}')
         x = torch.where(bool_masked_pos[..., None], self.mask_token.to(x.dtype), x)
     x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
-    return x + self.pos_embed.to(x.dtype) if exists(self.pos_embed) else x
+    if not exists(self.pos_embed): return x
+    grid = (images.shape[-2] // self.patch_embed.patch_size[0], images.shape[-1] // self.patch_embed.patch_size[1])
+    pos = self.pos_embed if grid == tuple(self.grid) else resample_abs_pos_embed(self.pos_embed, list(grid), list(self.grid), num_prefix_tokens=1)
+    return x + pos.to(x.dtype)                      # other input sizes (iBOT's local crops): the table resampled bicubically
 
 @patch
 def _run(self: BEiTv2, blk, x, rel_pos_bias):

@@ -33,6 +33,7 @@ class MIMConfig(RunConfig):
     early_layers: int = 0                # patch states after this block feed the aggregation branch (0 = the variant's default)
     mask_mode: str = 'v2'                # 'v2' blockwise exact (official), 'v1' blockwise at most, 'random' (MAE-style)
     num_masking_patches: int = 0         # patches masked per image (0 = N x 75/196, rounded: the official 75 of 196)
+    drop_path_rate: float = 0.           # stochastic depth of the student (BEiT v2 300 ep: 0; BEiT v1: 0.1)
     steps: int = 150                     # optimizer steps
     lr: float = 3e-4                     # peak learning rate (official 1.5e-3 at batch 2048; see above for scaling)
     warmup_steps: int = 15               # linear warmup steps
@@ -64,6 +65,7 @@ def validate_mim(cfg: MIMConfig) -> MIMConfig:
     check(list(info['grid']) == [g, g], 'img_size', f"{cfg.img_size} gives a {g}x{g} patch grid but the tokenizer {cfg.tokenizer} "
           f"codes a {info['grid'][0]}x{info['grid'][1]} grid (at {info['img_size'][0]} px): set img_size={info['grid'][0] * patch}")
     check(0 <= cfg.early_layers <= depth, 'early_layers', f'must be in [0, depth={depth}] of {cfg.model}, got {cfg.early_layers}')
+    check(0 <= cfg.drop_path_rate < 1, 'drop_path_rate', f'must be in [0, 1), got {cfg.drop_path_rate}')
     check(cfg.mask_mode in MIM_MASK_MODES, 'mask_mode', f'must be one of {MIM_MASK_MODES}, got {cfg.mask_mode!r}')
     check(0 <= cfg.num_masking_patches < g * g, 'num_masking_patches', f'must be in [0, N={g * g}) (0 = the default {_mask_counts(cfg, g * g)[0]}), got {cfg.num_masking_patches}')
     return cfg
@@ -105,7 +107,7 @@ def load_mim(path, device='cpu'):
 class MIMTask(Task):
     "Masked image modeling of a frozen tokenizer's codes (BEiT v2 with a VQ-KD tokenizer, BEiT v1 with a dVAE)."
     Config, name, progress_keys = MIMConfig, 'mim', ('loss', 'acc_main')
-    resume_keys = ('model', 'img_size', 'patch_aggregation', 'early_layers', 'mask_mode', 'num_masking_patches', 'tokenizer')
+    resume_keys = ('model', 'img_size', 'patch_aggregation', 'early_layers', 'mask_mode', 'num_masking_patches', 'drop_path_rate', 'tokenizer')
     def validate(self, cfg): validate_mim(cfg)
 
     def build(self, cfg, device) -> Built:
@@ -113,6 +115,7 @@ class MIMTask(Task):
         from beitv2_lab.tokenizer import load_any_tokenizer
         tokenizer = load_any_tokenizer(cfg.tokenizer, device)
         kw = dict(early_layers=cfg.early_layers) if cfg.early_layers else {}
+        if cfg.drop_path_rate: kw['drop_path_rate'] = cfg.drop_path_rate
         model = create_mim(cfg.model, img_size=cfg.img_size, head_dim=tokenizer.codebook_size,
                            patch_aggregation=cfg.patch_aggregation, **kw).to(device)
         return Built(model=model, frozen=dict(tokenizer=tokenizer), ddp=dict(find_unused_parameters=False))

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'DATA_KEYS', 'RunConfig', 'check', 'validate_common', 'config_from', 'StreamSampler', 'Seeded', 'make_loader',
-           'build_dataset', 'next_batch', 'to_device', 'build_optimizer', 'lr_at', 'rng_state', 'set_rng_state',
+           'build_dataset', 'Batches', 'to_device', 'build_optimizer', 'lr_at', 'rng_state', 'set_rng_state', 'gather',
            'gather_rng_states', 'optimizer_tensors', 'load_optimizer_state', 'save_checkpoint', 'latest_checkpoint',
            'load_checkpoint', 'MetricsLogger', 'read_metrics', 'resolve_resume', 'check_resume_config', 'resume',
            'resolve_precision', 'autocast_ctx', 'weights_in_sync', 'Built', 'Task', 'fit', 'job_worker', 'run',
@@ -139,9 +139,9 @@ class Seeded(Dataset):
     def __len__(self): return len(self.ds)
     def __getitem__(self, key):
         i, seed = key
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]):          # CPU generator only: a CUDA training RNG is never touched
             state = random.getstate()
-            torch.manual_seed(seed); random.seed(seed)
+            torch.default_generator.manual_seed(seed); random.seed(seed)
             try: return self.ds[i]
             finally: random.setstate(state)
 
@@ -162,11 +162,14 @@ def build_dataset(cfg: RunConfig, transform, size: int | None = None):
     ds = ImageFolder(cfg.data_path, transform=transform)
     return ds if cfg.split == 'all' else ds.split(cfg.split, holdout=cfg.holdout)
 
-def next_batch(batches, skips) -> dict:
-    "The next batch that still holds images after unreadable ones were dropped (they are counted in `skips`)."
-    while True:
-        batch = next(batches); skips.update(batch['skipped'])
-        if len(batch) > 1: return batch
+class Batches:
+    "The batches of a loader that still hold images (unreadable ones counted in `skips`), and the stream position."
+    def __init__(self, loader: DataLoader, skips, position: int = 0):
+        self.it, self.skips, self.position, self.batch_size = iter(loader), skips, position, loader.batch_size
+    def __next__(self) -> dict:
+        while True:
+            batch = next(self.it); self.skips.update(batch['skipped']); self.position += self.batch_size
+            if len(batch) > 1: return batch
 
 def to_device(batch: dict, device: torch.device) -> dict:
     "Every tensor of a batch (and of its lists, e.g. multi-crop views) on `device`."
@@ -208,12 +211,16 @@ def set_rng_state(tensors: dict, meta: dict):
     cuda = [tensors[f'cuda{i}'] for i in range(sum(k.startswith('cuda') for k in tensors))]
     if cuda and torch.cuda.is_available(): torch.cuda.set_rng_state_all(cuda)
 
+def gather(obj) -> list:
+    "Every rank's `obj`, in rank order (collective in DDP)."
+    if not is_dist(): return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
 def gather_rng_states() -> list:
     "Every rank's `rng_state()`, in rank order (collective in DDP)."
-    if not is_dist(): return [rng_state()]
-    out = [None] * get_world_size()
-    dist.all_gather_object(out, rng_state())
-    return out
+    return gather(rng_state())
 
 # %% ../nbs/31_train.ipynb #35c1950e
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
@@ -433,13 +440,14 @@ def fit(task: Task, cfg) -> dict:
     if is_main(): log.info('%s: precision %s (%s) on %s', task.name, precision, cfg.precision, device)
     built, state = _setup(task, cfg, device)
     start = state['step'] if state else 0
-    loader = make_loader(task.dataset(cfg, built), cfg, start * cfg.batch_size, device)
+    position = state['positions'][get_rank()] if state else 0                  # items this rank's stream has drawn
     logger, skips, last, in_sync = MetricsLogger(out, resume_step=start if state else None), SkipCounter(), {}, True
     skips.count = state.get('skipped', 0) if state else 0
+    batches = Batches(make_loader(task.dataset(cfg, built), cfg, position, device), skips, position)
     pbar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and is_main()), mininterval=2, desc=task.name)
-    built.model.train(); t0, seen, batches = time.perf_counter(), 0, iter(loader)
+    built.model.train(); t0, seen = time.perf_counter(), 0
     for step in range(start, cfg.steps):
-        batch = to_device(next_batch(batches, skips), device)
+        batch = to_device(next(batches), device)
         res, lr, gnorm = _train_step(task, built, cfg, batch, step, precision)
         seen += len(batch['index']); pbar.update(1)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
@@ -450,10 +458,10 @@ def fit(task: Task, cfg) -> dict:
             last = {'step': step + 1, **{k: float(v) if isinstance(v, torch.Tensor) else v for k, v in row.items()}}
             pbar.set_postfix({k: f'{last[k]:.3f}' for k in task.progress_keys if k in last})
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
-            rngs, in_sync = gather_rng_states(), weights_in_sync(built.model)
+            rngs, positions, in_sync = gather_rng_states(), gather(batches.position), weights_in_sync(built.model)
             if is_main():
                 save_checkpoint(out, step + 1, built.model, built.optimizer, cfg, rngs=rngs, extra=task.extra_state(built),
-                                state=dict(skipped=skips.count, world_size=world), keep=cfg.keep_checkpoints)
+                                state=dict(skipped=skips.count, world_size=world, positions=positions), keep=cfg.keep_checkpoints)
     pbar.close(); logger.close()
     if skips.count: log.warning(skips.summary())
     summary = {**last, 'steps': cfg.steps, 'out_dir': str(out), 'world_size': world, 'skipped': skips.count,
