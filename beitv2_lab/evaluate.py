@@ -215,6 +215,7 @@ def linear_probe(train_feats, train_labels: torch.Tensor,  # tensor [n, F] (or r
                  weight_decay=0.,               # a float, or several values to sweep with the lrs
                  batch_size: int = 256,
                  num_classes: int | None = None,  # default: 1 + the largest label
+                 extend: int = 4,               # while the best lr sits at an end of the grid, try up to this many more lrs beyond it
                 ) -> dict:
     "Linear-probe accuracy (percent) with lr / weight decay chosen on a validation split of the training features."
     train, test = _as_rows(train_feats, 'train'), _as_rows(test_feats, 'test')
@@ -230,15 +231,25 @@ def linear_probe(train_feats, train_labels: torch.Tensor,  # tensor [n, F] (or r
     if epochs < 1 or batch_size < 1: raise ValueError(f'epochs and batch_size must be >= 1, got {epochs}, {batch_size}')
     C = _num_classes(num_classes, train_labels, test_labels)
     fit, val = val_split(train_labels, val_fraction, seed)
-    val_top1 = {}
-    for lr, wd in grid:                                             # steps 1-2: model selection on train data only
-        head, mean, std = _fit_linear(train, train_labels, fit, C, lr, wd, epochs, batch_size, seed)
-        val_top1[(lr, wd) if len(wds) > 1 else lr] = _accuracy(head, mean, std, train, train_labels, val)[0]
-    best = max(val_top1, key=val_top1.get)                          # first best on ties (dicts keep order)
-    best_lr, best_wd = best if len(wds) > 1 else (best, wds[0])
+    val_top1, lrs = {}, sorted({lr for lr, _ in grid})
+    step = lrs[-1] / lrs[-2] if len(lrs) > 1 else 3.
+    for i in range(extend + 1):                                     # steps 1-2: model selection on train data only
+        for lr, wd in [(lr, wd) for lr in lrs for wd in wds]:
+            key = (lr, wd) if len(wds) > 1 else lr
+            if key in val_top1: continue
+            head, mean, std = _fit_linear(train, train_labels, fit, C, lr, wd, epochs, batch_size, seed)
+            val_top1[key] = _accuracy(head, mean, std, train, train_labels, val)[0]
+        best = max(val_top1, key=val_top1.get)                      # first best on ties (dicts keep order)
+        best_lr, best_wd = best if len(wds) > 1 else (best, wds[0])
+        if len(lrs) < 2 or i == extend: break                       # a single lr, or no widening left
+        by_lr = {lr: max(v for k, v in val_top1.items() if (k[0] if len(wds) > 1 else k) == lr) for lr in lrs}
+        low, high = by_lr[lrs[0]] > by_lr[lrs[1]], by_lr[lrs[-1]] > by_lr[lrs[-2]]
+        if not ((best_lr == lrs[0] and low) or (best_lr == lrs[-1] and high)): break   # inside the grid, or flat
+        lrs = [lrs[0] / step] + lrs if best_lr == lrs[0] else lrs + [lrs[-1] * step]   # strictly best at an end: widen
     head, mean, std = _fit_linear(train, train_labels, torch.arange(len(train)), C, best_lr, best_wd, epochs, batch_size, seed)
     top1, top5 = _accuracy(head, mean, std, test, test_labels)      # step 4: the only use of the test split
-    return dict(top1=top1, top5=top5, best_lr=best_lr, best_weight_decay=best_wd, val_top1=val_top1,
+    return dict(top1=top1, top5=top5, best_lr=best_lr, best_weight_decay=best_wd, val_top1=val_top1, lrs=lrs,
+                lr_at_edge=len(lrs) > 1 and best_lr in (lrs[0], lrs[-1]),
                 train_top1=_accuracy(head, mean, std, train, train_labels)[0], n_fit=len(fit), n_val=len(val), n_test=len(test))
 
 # %% ../nbs/40_evaluate.ipynb #e5c1fe53
@@ -445,14 +456,15 @@ def compare_backbones(backbones: dict,            # name -> module with `forward
             tr = extract_features(fn, train_ds, batch_size, num_workers, device)
             te = extract_features(fn, test_ds, batch_size, num_workers, device)
             knn, lin = knn_eval(*tr, *te, k=k, temperature=temperature), linear_probe(*tr, *te, **probe_kw)
-            rows.append(dict(model=name, pool=pool, knn_top1=knn['top1'], linear_top1=lin['top1'], best_lr=lin['best_lr']))
+            rows.append(dict(model=name, pool=pool, knn_top1=knn['top1'], linear_top1=lin['top1'], best_lr=lin['best_lr'],
+                             lr_inside=not lin['lr_at_edge']))
     return rows
 
 def markdown_table(rows: list[dict]) -> str:
     "Rows of dicts as a markdown table (floats to 1 decimal)."
     keys = list(rows[0])
     fmt = lambda v: (f'{v:.1f}' if abs(v) >= 0.1 or v != v or v == 0 else f'{v:.0e}') if isinstance(v, float) else str(v)
-    return '\n'.join(['| ' + ' | '.join(keys) + ' |', '|' + '---|' * len(keys)] + ['| ' + ' | '.join(fmt(r[k]) for k in keys) + ' |' for r in rows])
+    return '\n'.join(['| ' + ' | '.join(keys) + ' |', '|' + '---|' * len(keys)] + ['| ' + ' | '.join(fmt(r.get(k, '')) for k in keys) + ' |' for r in rows])
 
 # %% ../nbs/40_evaluate.ipynb #3f5ddf1c
 def finetune_transforms(img_size: int = 160, scale=(0.35, 1.)):
