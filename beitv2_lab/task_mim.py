@@ -29,21 +29,21 @@ class MIMConfig(RunConfig):
     "A masked-image-modeling run (`nbs/pretrain_mim.ipynb`); shared fields and their comments: `RunConfig`."
     target: str = 'tokens'               # 'tokens' (the tokenizer's codes, cross entropy), or a regression target: 'pixels', 'hog', or a teacher (beitv2_lab.teachers.list_teachers(), timm:<model>)
     target_loss: str = 'auto'            # 'auto' (tokens: cross entropy; pixels, hog: mse; teacher features: cosine), or 'mse', 'l1' (SimMIM), 'cosine'
-    target_weights: str = ''             # local weight file of a teacher target ('' = its default source)
-    target_size: int = 0                 # resolution a teacher target runs at (0 = img_size)
-    tokenizer: str = 'runs/vqkd/tokenizer.safetensors'  # with target='tokens': a tokenizer file of any kind (VQ-KD from train_vqkd, a dVAE, an iBOT teacher) or an official VQ-KD base checkpoint
+    target_weights: str = ''             # local weight file of a teacher target ('': its default source)
+    target_size: int = 0                 # resolution a teacher target runs at (0: img_size)
+    tokenizer: str = 'runs/vqkd/tokenizer.safetensors'  # with target 'tokens': a tokenizer file of any kind (VQ-KD from train_vqkd, a dVAE, an iBOT teacher) or an official VQ-KD base checkpoint
     model: str = 'beitv2_tiny_patch16_224'  # MIM variant (beitv2_lab.mim.list_mim())
     img_size: int = 160                  # the backbone view's resolution; its patch grid must equal the tokenizer's code grid
     patch_aggregation: bool = True       # BEiT v2 CLS-pretraining branch (False: BEiT v1-style MIM)
-    early_layers: int = 0                # patch states after this block feed the aggregation branch (0 = the variant's default)
+    early_layers: int = 0                # patch states after this block feed the aggregation branch (0: the variant's default)
     mask_mode: str = 'v2'                # 'v2' blockwise exact (official), 'v1' blockwise at most, 'random' (MAE-style)
-    num_masking_patches: int = 0         # patches masked per image (0 = N x 75/196, rounded: the official 75 of 196)
+    num_masking_patches: int = 0         # patches masked per image (0: N x 75/196, rounded: the official 75 of 196)
     drop_path_rate: float = 0.           # stochastic depth of the student (BEiT v2 300 ep: 0; BEiT v1: 0.1)
     steps: int = 150                     # optimizer steps
     lr: float = 3e-4                     # peak learning rate (official 1.5e-3 at batch 2048; see above for scaling)
     warmup_steps: int = 15               # linear warmup steps
     weight_decay: float = 0.05           # AdamW weight decay (not on biases, norms, tokens, relative position tables, layer scales)
-    beta2: float = 0.98                  # AdamW beta2 (beta1 = 0.9)
+    beta2: float = 0.98                  # AdamW beta2 (beta1: 0.9)
     ckpt_every: int = 50                 # checkpoint every N steps (and always at the end)
     out_dir: str = 'runs/mim'            # checkpoints, metrics.jsonl, tensorboard, backbone.safetensors, mim.safetensors
 

@@ -42,8 +42,8 @@ __all__ = ['log', 'DATA_KEYS', 'RunConfig', 'check', 'validate_common', 'config_
 @dataclass
 class RunConfig:
     "Fields every training run shares: data, schedule, hardware, output. Task configs extend it and set their own defaults."
-    data_path: str = 'embedded'          # image folder (class subfolders or flat), or 'embedded' = photos shipped with installed packages
-    n_embedded: int = 4096               # samples per epoch when data_path='embedded'
+    data_path: str = 'embedded'          # image folder (class subfolders or flat), or 'embedded': photos shipped with installed packages
+    n_embedded: int = 4096               # samples per epoch when data_path 'embedded'
     split: str = 'all'                   # part of an image folder to use: 'all', or 'train' / 'holdout' of a deterministic hash split
     holdout: float = 0.1                 # fraction of the folder in the 'holdout' part
     steps: int = 260                     # optimizer steps
@@ -52,8 +52,8 @@ class RunConfig:
     min_lr: float = 1e-5                 # final learning rate of the cosine schedule
     warmup_steps: int = 26               # linear warmup steps
     weight_decay: float = 1e-4           # AdamW weight decay (not on biases, norms, tokens, position tables)
-    beta2: float = 0.99                  # AdamW beta2 (beta1 = 0.9)
-    clip_grad: float = 3.0               # max gradient norm (0 = no clipping)
+    beta2: float = 0.99                  # AdamW beta2 (beta1: 0.9)
+    clip_grad: float = 3.0               # max gradient norm (0: no clipping)
     precision: str = 'auto'              # 'auto' (bf16 on GPU and on CPUs with AMX-BF16, else fp32), 'bf16' or 'fp32'
     compile: bool = False                # torch.compile the trained model
     device: str = 'auto'                 # 'auto', 'cpu' or 'cuda'
@@ -64,7 +64,7 @@ class RunConfig:
     run_id: str = ''                     # job id shared by all nodes
     max_restarts: int = 0                # torch elastic restarts of the whole worker group after a worker dies (it resumes from the last checkpoint)
     out_dir: str = 'runs/run'            # checkpoints, metrics.jsonl, tensorboard, the trained model
-    resume: str = 'auto'                 # 'auto' = latest checkpoint in out_dir if any, 'never', or a checkpoint path
+    resume: str = 'auto'                 # 'auto': latest checkpoint in out_dir if any, 'never', or a checkpoint path
     ckpt_every: int = 100                # checkpoint every N steps (and always at the end)
     keep_checkpoints: int = 2            # how many step checkpoints to keep
     log_every: int = 10                  # metrics every N steps (window statistics such as codebook usage are over this window)
@@ -379,6 +379,7 @@ class Built:
     net: torch.nn.Module | None = None         # set by the loop: `train_module` wrapped in DDP / compiled
     optimizer: torch.optim.Optimizer | None = None  # set by the loop
     device: torch.device | None = None         # set by the loop
+    cfg: object = None                         # set by the loop: the run's config (for `finish` and the hooks)
 
 class Task:
     "One method on the harness (subclass beside the method's model, with its config)."
@@ -399,15 +400,17 @@ class Task:
 
 # %% ../nbs/31_train.ipynb #9be00e7e
 def _set_cpu_threads(device):
-    if device.type == 'cpu' and is_dist():
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', 1))))
+    "Split this node's usable cores among its workers, unless OMP_NUM_THREADS says how many threads each uses."
+    if device.type != 'cpu' or not is_dist() or 'OMP_NUM_THREADS' in os.environ: return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, cores // int(os.environ.get('LOCAL_WORLD_SIZE', 1))))
 
 def _setup(task: Task, cfg, device) -> tuple[Built, dict | None]:
     "Build, make the optimizer, resume (weights, optimizer, RNG, task state), wrap in DDP / compile."
     _set_cpu_threads(device)
     torch.manual_seed(cfg.seed)
     built = task.build(cfg, device)
-    built.device, trained = device, built.train_module or built.model
+    built.device, built.cfg, trained = device, cfg, built.train_module or built.model
     built.optimizer = build_optimizer(trained, cfg.lr, cfg.weight_decay, betas=(0.9, cfg.beta2))
     state = resume(cfg, built.model, built.optimizer, keys=DATA_KEYS + task.resume_keys)
     if state: task.load_extra_state(built, state['extra'])
