@@ -9,6 +9,7 @@ import copy
 import hashlib
 import importlib.util
 import logging
+import math
 import os
 import shutil
 import tarfile
@@ -36,7 +37,7 @@ _log = logging.getLogger('beitv2_lab.data')  # named explicitly: in the notebook
 # %% auto #0
 __all__ = ['IMG_EXTENSIONS', 'MAX_PIXELS', 'UnreadableImage', 'load_image', 'Skipped', 'ImageFolder', 'hash_split', 'collate',
            'SkipCounter', 'TokenizerTransform', 'TwoViewTransform', 'EvalTransform', 'embedded_photo_paths',
-           'EmbeddedPhotos', 'fetch']
+           'EmbeddedPhotos', 'fetch', 'MultiCropTransform']
 
 # %% ../nbs/05_data.ipynb #17dc3054
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
@@ -383,3 +384,54 @@ def fetch(url: str,                  # http(s) URL of a file or archive
         os.replace(part, file)
     if target != file: _extract(file, target)
     return target
+
+# %% ../nbs/05_data.ipynb #4011238d
+def _check_prob(name: str, p: float):
+    if not 0 <= p <= 1: raise ValueError(f'{name} must be a probability in [0, 1], got {p}')
+
+def _check_scale(name: str, scale):
+    lo, hi = scale
+    if not 0 < lo <= hi <= 1: raise ValueError(f'{name} must satisfy 0 < low <= high <= 1, got {tuple(scale)}')
+
+def _crop_pipeline(size, scale, ratio, interpolation, flip_jitter, blur_p, solarize_p, normalize) -> T.Compose:
+    "One crop: RandomResizedCrop → flip/jitter/grayscale → blur (p) → solarise (p) → tensor, normalise."
+    blur = T.RandomApply([T.GaussianBlur(2 * math.ceil(3 * 2.0) + 1, sigma=(0.1, 2.0))], p=blur_p)
+    solarize = [T.RandomSolarize(128, p=solarize_p)] if solarize_p else []
+    return T.Compose([T.RandomResizedCrop(size, scale, ratio, interpolation), *flip_jitter, blur, *solarize, *normalize])
+
+# %% ../nbs/05_data.ipynb #a07cd0a2
+class MultiCropTransform:
+    "iBOT/DINO multi-crop: `n_global` large and `n_local` small augmented crops of one PIL image, as `{'crops': [...]}`."
+    def __init__(self, global_size: int = 224,                       # side of the global crops
+                 local_size: int = 96,                               # side of the local crops
+                 n_local: int = 10,                                  # local crops per image (0: none)
+                 global_scale: tuple[float, float] = (0.25, 1.0),    # area range of a global crop's box
+                 local_scale: tuple[float, float] = (0.05, 0.25),    # area range of a local crop's box
+                 n_global: int = 2,                                  # global crops; the first gets blur p=1, the rest p=0.1 + solarisation
+                 color_jitter: tuple = (0.4, 0.4, 0.2, 0.1),         # ColorJitter brightness, contrast, saturation, hue
+                 jitter_p: float = 0.8,                              # probability of the colour jitter
+                 grayscale_p: float = 0.2,                           # probability of grayscale
+                 blur_p: tuple = (1.0, 0.1, 0.5),                    # blur probability: first global, other globals, locals
+                 solarize_p: float = 0.2,                            # solarisation probability of the globals after the first
+                 hflip: float = 0.5,                                 # horizontal flip probability
+                 interpolation: str = 'bicubic',                     # resize filter of every crop
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3),        # crop aspect ratio range
+                 mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD):  # backbone normalisation
+        if n_global < 1 or n_local < 0: raise ValueError(f'need n_global >= 1 and n_local >= 0, got {n_global}, {n_local}')
+        if min(global_size, local_size) < 1: raise ValueError(f'crop sizes must be positive, got {global_size}, {local_size}')
+        _check_scale('global_scale', global_scale); _check_scale('local_scale', local_scale)
+        if len(blur_p) != 3: raise ValueError(f'blur_p must be (first global, other globals, locals), got {blur_p}')
+        for n, p in [('jitter_p', jitter_p), ('grayscale_p', grayscale_p), ('solarize_p', solarize_p), ('hflip', hflip),
+                     *[(f'blur_p[{i}]', b) for i, b in enumerate(blur_p)]]: _check_prob(n, p)
+        self.n_global, self.n_local, interp = n_global, n_local, _interp(interpolation)
+        flip_jitter = [T.RandomHorizontalFlip(hflip), T.RandomApply([T.ColorJitter(*color_jitter)], p=jitter_p),
+                       T.RandomGrayscale(grayscale_p)]
+        norm = [T.ToTensor(), T.Normalize(mean, std)]
+        crop = lambda size, scale, b, s: _crop_pipeline(size, tuple(scale), tuple(ratio), interp, flip_jitter, b, s, norm)
+        self.global1 = crop(global_size, global_scale, blur_p[0], 0.)
+        self.global2 = crop(global_size, global_scale, blur_p[1], solarize_p)
+        self.local = crop(local_size, local_scale, blur_p[2], 0.)
+
+    def __call__(self, img: Image.Image) -> dict:
+        crops = [self.global1(img)] + [self.global2(img) for _ in range(self.n_global - 1)]
+        return {'crops': crops + [self.local(img) for _ in range(self.n_local)]}

@@ -5,6 +5,7 @@
 # %% ../nbs/30_distrib.ipynb #590d1630
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'is_dist', 'get_rank', 'get_world_size', 'is_main', 'resolve_device', 'init_distributed', 'cleanup',
-           'node_info', 'all_reduce_mean', 'free_port', 'launch']
+           'node_info', 'all_reduce_mean', 'all_reduce_sum', 'gather', 'tensors_in_sync', 'free_port', 'launch']
 
 # %% ../nbs/30_distrib.ipynb #710e418e
 def is_dist() -> bool:
@@ -62,6 +63,27 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     "Mean of `t` over ranks (a no-op outside DDP)."
     if not is_dist(): return t
     t = t.clone(); dist.all_reduce(t); return t / get_world_size()
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    "Sum of `t` over ranks (a no-op outside DDP)."
+    if not is_dist(): return t
+    t = t.clone(); dist.all_reduce(t); return t
+
+def gather(obj) -> list:
+    "Every rank's `obj` (picklable), in rank order (collective in DDP)."
+    if not is_dist(): return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+def tensors_in_sync(tensors, what: str = 'tensors') -> bool:
+    "Whether every rank holds bitwise identical `tensors` (collective in DDP; raises naming `what` if not)."
+    if not is_dist(): return True
+    h = hashlib.sha1()
+    for t in tensors: h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    out = [None] * get_world_size(); dist.all_gather_object(out, h.hexdigest())
+    if len(set(out)) != 1: raise RuntimeError(f'{what} diverged across ranks: {out}')
+    return True
 
 # %% ../nbs/30_distrib.ipynb #4f652460
 def free_port() -> int:

@@ -5,14 +5,12 @@
 # %% ../nbs/33_task_vqkd.ipynb #a18d3ff5
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
-from .distrib import get_world_size, is_dist
+from .distrib import get_world_size, tensors_in_sync
 from .train import Built, RunConfig, Task, build_dataset, check, validate_common
 
 # %% auto #0
@@ -55,11 +53,7 @@ def validate_vqkd(cfg: VQKDConfig) -> VQKDConfig:
 # %% ../nbs/33_task_vqkd.ipynb #2386a6cd
 def codebook_in_sync(quantizer) -> bool:
     "Whether every rank holds a bitwise identical codebook (collective in DDP; raises if not)."
-    if not is_dist(): return True
-    h = hashlib.sha1(quantizer.embedding.weight.detach().cpu().numpy().tobytes()).hexdigest()
-    out = [None] * get_world_size(); dist.all_gather_object(out, h)
-    if len(set(out)) != 1: raise RuntimeError(f'codebooks diverged across ranks: {out}')
-    return True
+    return tensors_in_sync([quantizer.embedding.weight], 'codebooks')
 
 # %% ../nbs/33_task_vqkd.ipynb #ce96014d
 class VQKDTask(Task):

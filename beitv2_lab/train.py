@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import json
 import logging
 import math
@@ -20,19 +19,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from .core import atomic_path, has_amx_bf16, load_tagged, save_tagged
 from .distrib import (all_reduce_mean, cleanup, get_rank, get_world_size, init_distributed, is_dist, is_main, launch,
-                                node_info, resolve_device)
+                                gather, node_info, resolve_device, tensors_in_sync)
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'DATA_KEYS', 'RunConfig', 'check', 'validate_common', 'config_from', 'StreamSampler', 'Seeded', 'make_loader',
-           'build_dataset', 'Batches', 'to_device', 'build_optimizer', 'lr_at', 'rng_state', 'set_rng_state', 'gather',
+           'build_dataset', 'Batches', 'to_device', 'build_optimizer', 'lr_at', 'rng_state', 'set_rng_state',
            'gather_rng_states', 'optimizer_tensors', 'load_optimizer_state', 'save_checkpoint', 'latest_checkpoint',
            'load_checkpoint', 'MetricsLogger', 'read_metrics', 'resolve_resume', 'check_resume_config', 'resume',
            'resolve_precision', 'autocast_ctx', 'weights_in_sync', 'Built', 'Task', 'fit', 'job_worker', 'run',
@@ -211,13 +209,6 @@ def set_rng_state(tensors: dict, meta: dict):
     cuda = [tensors[f'cuda{i}'] for i in range(sum(k.startswith('cuda') for k in tensors))]
     if cuda and torch.cuda.is_available(): torch.cuda.set_rng_state_all(cuda)
 
-def gather(obj) -> list:
-    "Every rank's `obj`, in rank order (collective in DDP)."
-    if not is_dist(): return [obj]
-    out = [None] * get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
 def gather_rng_states() -> list:
     "Every rank's `rng_state()`, in rank order (collective in DDP)."
     return gather(rng_state())
@@ -361,12 +352,7 @@ def autocast_ctx(device: torch.device, precision: str):
 
 def weights_in_sync(model) -> bool:
     "Whether every rank holds bitwise identical parameters and buffers (collective in DDP; raises if not)."
-    if not is_dist(): return True
-    h = hashlib.sha1()
-    for t in model.state_dict().values(): h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    out = [None] * get_world_size(); dist.all_gather_object(out, h.hexdigest())
-    if len(set(out)) != 1: raise RuntimeError(f'model weights diverged across ranks: {out}')
-    return True
+    return tensors_in_sync(model.state_dict().values(), 'model weights')
 
 # %% ../nbs/31_train.ipynb #6c57dfbb
 @dataclass

@@ -22,6 +22,8 @@ Rows (same files, same run)
   `--device cpu` runs the same batched tensor code on the CPU (labelled so); without CUDA the GPU row says it is
   not available.
 
+The last line printed is `RESULT {json}` (every row), which benchmarks/gpu_check.sh collects.
+
 Method: every process uses one torch thread (DataLoader workers do; the main process is set to it, since intra-op
 threads on busy cores slow these small ops down several times). Each measurement first runs one batch untimed
 (worker start-up, first calls, CUDA/nvJPEG init), then times `--n-images` images (wall clock, `time.perf_counter`;
@@ -59,6 +61,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]   # benchmark the working tree's beitv2_lab
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO/'benchmarks'))
+
+from _bench import emit, env_info                                                # noqa: E402
 
 from beitv2_lab.data import ImageFolder, TwoViewTransform, collate, load_image   # noqa: E402
 from beitv2_lab.train import Seeded, StreamSampler                               # noqa: E402
@@ -246,6 +251,9 @@ def main():
     elif device.type == 'cuda':
         print(f'GPU: decode + transforms take {1e6 / dev:.1f} us of GPU time per image = '
               f'{100 * a.target_img_s / dev:.1f}% of the GPU at {a.target_img_s:g} img/s (time the step cannot use)')
+    emit('loader', **env_info(device), data_path=a.data_path, n_files=len(full), n_images=a.n_images,
+         batch_size=a.batch_size, target_img_s=a.target_img_s, device_path=device.type if run_device else None,
+         rows=[dict(path=name, workers=w, img_s=r, img_s_per_worker=per) for name, w, r, per in rows])
 
 
 if __name__ == '__main__':

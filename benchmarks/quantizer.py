@@ -12,32 +12,33 @@ Method
   steps each (`time.perf_counter`, CUDA synchronised).
 - Peak memory, CPU: the worker first runs one step on a tiny input (loads the kernels at negligible memory), then
   reads its current RSS (`/proc/self/statm`), runs ONE full-size step and reads the kernel's high-water mark
-  `getrusage(RUSAGE_SELF).ru_maxrss`; peak = high-water mark - RSS before the step, i.e. the extra resident memory
-  the step needed at its worst moment. (tracemalloc does not see torch's C++ allocations; the PyTorch CPU allocator
+  VmHWM (`/proc/self/status`; `getrusage`'s ru_maxrss would start at the size of the parent it was forked from);
+  peak = high-water mark - RSS before the step, i.e. the extra resident memory the step needed at its worst moment. (tracemalloc does not see torch's C++ allocations; the PyTorch CPU allocator
   does not cache, so freed large blocks leave RSS and the high-water mark is the true peak.) The pre-step
   high-water mark is printed too: the measurement is sound only while it is close to the pre-step RSS.
 - Peak memory, CUDA: `torch.cuda.max_memory_allocated()` - memory allocated before the step (after
   `reset_peak_memory_stats`).
+- `--inline` runs the workers in this process (CPU smoke runs; the high-water mark is reset before the step then);
+  without vector_quantize_pytorch installed, ours alone is measured. Last line: `RESULT {json}` (benchmarks/_bench.py).
 
 Usage: python benchmarks/quantizer.py [--batch 64 --patches 196 --codebook-size 8192 --code-dim 32 --repeats 7]
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import resource
+import importlib.util
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]   # benchmark the working tree's beitv2_lab
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import emit, env_info, hwm_bytes, reset_hwm, rss_bytes, run_worker, serve   # noqa: E402
 
-IMPLS = ('beitv2_lab', 'vector_quantize_pytorch')
+PEER = 'vector_quantize_pytorch'
+IMPLS = ('beitv2_lab',) + ((PEER,) if importlib.util.find_spec(PEER) else ())   # the peer only where installed
 
 
 def build(impl: str, k: int, c: int, chunk_size: int):
@@ -56,13 +57,6 @@ def step(q, z: torch.Tensor, impl: str):
     (z_q.sum() + loss).backward()
 
 
-def rss_bytes() -> int:
-    with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
-
-
-def maxrss_bytes() -> int: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-
-
 def new_z(a, dev, b=None, n=None) -> torch.Tensor:
     return torch.randn(b or a.batch, n or a.patches, a.code_dim, device=dev, requires_grad=True)
 
@@ -78,9 +72,10 @@ def mem_worker(a) -> dict:
         torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); before = torch.cuda.memory_allocated()
         step(q, z, a.worker); torch.cuda.synchronize()
         return dict(peak_bytes=torch.cuda.max_memory_allocated() - before)
-    before, hwm_before = rss_bytes(), maxrss_bytes()
+    if a.inline: reset_hwm()                                        # this process ran other work before
+    before, hwm_before = rss_bytes(), hwm_bytes()
     step(q, z, a.worker)
-    return dict(peak_bytes=maxrss_bytes() - before, rss_before=before, hwm_before=hwm_before)
+    return dict(peak_bytes=hwm_bytes() - before, rss_before=before, hwm_before=hwm_before)
 
 
 def time_worker(a) -> dict:
@@ -100,15 +95,20 @@ def time_worker(a) -> dict:
     return times
 
 
-def run_worker(a, kind: str, device: str) -> dict:
-    "Run `mem_worker`/`time_worker` in a fresh subprocess; `kind` is an implementation name or 'time'."
-    cmd = [sys.executable, __file__, '--worker', kind, '--device', device] + [
-        f'--{k.replace("_", "-")}={getattr(a, k)}' for k in
-        ('batch', 'patches', 'codebook_size', 'code_dim', 'repeats', 'warmup', 'chunk_size', 'threads')]
-    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')])}
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if out.returncode: raise RuntimeError(f'worker {kind} on {device} failed:\n{out.stderr}')
-    return json.loads(out.stdout.strip().splitlines()[-1])
+WORKER_KEYS = ('device', 'batch', 'patches', 'codebook_size', 'code_dim', 'repeats', 'warmup', 'chunk_size', 'threads')
+
+
+def worker(a) -> dict:
+    "This process as a worker: `time_worker` (a.worker == 'time') or one implementation's `mem_worker`."
+    return time_worker(a) if a.worker == 'time' else mem_worker(a)
+
+
+def run(a, kind: str, device: str) -> dict:
+    "Run `mem_worker`/`time_worker` in a fresh subprocess (or inline); `kind` is an implementation name or 'time'."
+    r = run_worker(__file__, argparse.Namespace(**{**vars(a), 'device': device}), kind, WORKER_KEYS, worker)
+    if 'error' in r: raise RuntimeError(f'worker {kind} on {device} {r["error"]}')
+    r.pop('wall_s')
+    return r
 
 
 def main():
@@ -122,30 +122,35 @@ def main():
     p.add_argument('--chunk-size', type=int, default=512, help='rows of the similarity matrix (beitv2_lab)')
     p.add_argument('--threads', type=int, default=0, help='torch threads per worker (0: torch default)')
     p.add_argument('--devices', default='cpu,cuda', help='comma list; cuda is skipped when unavailable')
-    p.add_argument('--worker', choices=IMPLS + ('time',), help=argparse.SUPPRESS)
+    p.add_argument('--inline', action='store_true', help='run the workers in this process (quick CPU smoke runs)')
     p.add_argument('--device', default='cpu', help=argparse.SUPPRESS)
+    p.add_argument('--worker', help=argparse.SUPPRESS)
     a = p.parse_args()
-    if a.threads: torch.set_num_threads(a.threads)
-    if a.worker:
-        print(json.dumps(time_worker(a) if a.worker == 'time' else mem_worker(a))); return
+    if serve(a, worker) is None: return
     devices = [d for d in a.devices.split(',') if d != 'cuda' or torch.cuda.is_available()]
     print(f'one training step (forward in train mode incl. EMA update, + backward), K={a.codebook_size} '
           f'C={a.code_dim} N={a.batch}x{a.patches}={a.batch * a.patches}, torch {torch.__version__}, '
           f'{a.threads or torch.get_num_threads()} threads; time: median of {a.repeats} interleaved steps after '
           f'{a.warmup} warmup; peak: extra memory of one step in a fresh process')
     if 'cuda' not in devices: print('(no CUDA device here: CPU only)')
+    if PEER not in IMPLS: print(f'{PEER} is not installed (pip install vector-quantize-pytorch): ours only')
+    out = {}
     for dev in devices:
-        mem = {impl: run_worker(a, impl, dev) for impl in IMPLS}
-        times = run_worker(a, 'time', dev)
+        mem = {impl: run(a, impl, dev) for impl in IMPLS}
+        times = run(a, 'time', dev)
+        out[dev] = {impl: dict(median_s=statistics.median(times[impl]), **mem[impl]) for impl in IMPLS}
         for impl in IMPLS:
             m, t = mem[impl], times[impl]
             extra = (f"  [rss before {m['rss_before'] / 2**20:.0f} MiB, high-water before {m['hwm_before'] / 2**20:.0f} MiB]"
                      if 'rss_before' in m else '')
             print(f"{dev:4s} {impl:24s} {statistics.median(t) * 1e3:8.1f} ms (min {min(t) * 1e3:.1f}, "
                   f"max {max(t) * 1e3:.1f})   peak {m['peak_bytes'] / 2**20:8.1f} MiB{extra}")
+        if PEER not in IMPLS: continue
         ours, ref = IMPLS
         print(f"{dev:4s} speed-up {statistics.median(times[ref]) / statistics.median(times[ours]):.2f}x (target >= 3x)   "
-              f"memory ratio {mem[ours]['peak_bytes'] / mem[ref]['peak_bytes']:.3f} (target <= 0.1)")
+              f"memory ratio {mem[ours]['peak_bytes'] / max(mem[ref]['peak_bytes'], 1):.3f} (target <= 0.1)")
+    emit('quantizer', **env_info(devices[-1] if devices else 'cpu'), batch=a.batch, patches=a.patches, codebook_size=a.codebook_size,
+         code_dim=a.code_dim, inline=a.inline, peer=PEER if PEER in IMPLS else f'{PEER} not installed', devices=out)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,102 @@
+"""The GPU check (benchmarks/gpu_check.sh) on a CPU: `--smoke` runs every part's code path at tiny shapes and prints
+one markdown table with a figure for every part; the workers of the full (GPU) run get every flag they need."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO/'benchmarks'))
+PARTS = ('MIM step', 'VQ-KD step', 'quantizer step', 'iBOT loss step', 'loader')
+FIGURE = re.compile(r'^\d+(\.\d+)? (img/s|ms)$')
+COLUMNS = ['part', 'what', 'configuration', 'result', 'peak memory', 'vs baseline', 'MFU', 'notes']
+
+
+def parse_table(text: str) -> dict:
+    "part label -> list of rows (dicts by column) of the one markdown table in `text`."
+    lines = [l for l in text.splitlines() if l.startswith('|')]
+    assert lines and [c.strip() for c in lines[0].strip('|').split('|')] == COLUMNS, text[-2000:]
+    parts, part = {}, None
+    for line in lines[2:]:                                   # after the header and the |---| line
+        row = dict(zip(COLUMNS, (c.strip() for c in line.strip().strip('|').split('|'))))
+        part = row['part'] or part
+        parts.setdefault(part, []).append(row)
+    return parts
+
+
+@pytest.fixture(scope='module')
+def smoke(tmp_path_factory):
+    logs = tmp_path_factory.mktemp('gpu_check')
+    out = subprocess.run(['bash', str(REPO/'benchmarks'/'gpu_check.sh'), '--smoke', '--logs', str(logs)],
+                         capture_output=True, text=True, timeout=240, cwd=REPO)
+    return out, logs
+
+
+def test_smoke_table_has_a_figure_for_every_part(smoke):
+    out, logs = smoke
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert (logs/'table.md').read_text().strip() in out.stdout
+    parts = parse_table(out.stdout)
+    assert list(parts) == list(PARTS)
+    for part, rows in parts.items():
+        for row in rows:
+            res = row['result']
+            if FIGURE.match(res): continue
+            # the only figures a CPU cannot give: the GPU decode path, and lightly where it is not installed
+            allowed = row['configuration'].startswith('GPU:') or (row['configuration'] == 'lightly'
+                                                                   and 'lightly not installed' in res)
+            assert allowed and re.match(r'^n/a \(.+\)$', res), f'{part}: {row}'
+    confs = lambda p: [r['configuration'] for r in parts[p]]
+    assert confs('MIM step') == ['fp32 eager', 'bf16 eager', 'bf16 + compile']
+    assert confs('VQ-KD step') == ['fp32 eager', 'bf16 eager', 'bf16 + compile', 'no grad, fp32']
+    assert confs('quantizer step') == ['ours (beitv2_lab)', 'vector-quantize-pytorch']
+    assert confs('iBOT loss step') == ['ours (beitv2_lab.ibot)', 'lightly']
+    assert any(c.startswith('ImageFolder + TwoViewTransform loader') for c in confs('loader'))
+    assert any(c.startswith('cpu batched tensors: read files + decode_jpeg') for c in confs('loader'))
+    for p in ('MIM step', 'VQ-KD step'):                     # compiled configs: their first step is the compile
+        assert all(re.match(r'^first step \d+\.\d s$', r['notes']) for r in parts[p])
+    assert 'parts: mim ok' in out.stdout and 'loader ok' in out.stdout
+
+
+@pytest.mark.parametrize('name,flags', [
+    ('mim_step', '--device cpu --img-size 32 --batch-size 2 --flop-batch 1 --repeats 1 --warmup 1 --threads 1 '
+                 '--compile-backend eager --configs fp32,bf16-compile --timeout 9 --peak-tflops 500'),
+    ('vqkd_step', '--device cpu --img-size 32 --teacher timm:test_vit --teacher-weights random --teacher-size 48 '
+                  '--batch-size 2 --encode-batch 3 --encode-precision fp32 --flop-batch 1 --repeats 1 --warmup 1 '
+                  '--threads 1 --compile-backend aot_eager --configs fp32,encode'),
+    ('ibot_step', '--device cpu --batch-size 2 --n-tokens 16 --out-dim 64 --embed-dim 32 --n-local 2 --repeats 1 '
+                  '--warmup 1 --threads 1 --timeout 9')])
+def test_worker_gets_every_flag(name, flags):
+    "What a fresh worker process parses from its command line equals the parent's settings, except parent-only ones."
+    import importlib
+    from _bench import worker_argv
+    mod = importlib.import_module(name)
+    a = mod.parse_args(flags.split())
+    b = mod.parse_args(worker_argv(a, 'fp32', mod.WORKER_KEYS))
+    assert b.worker == 'fp32'
+    parent_only = {'configs', 'timeout', 'compile_timeout', 'peak_tflops', 'inline', 'worker'}
+    assert {k for k in vars(a) if vars(a)[k] != vars(b)[k]} <= parent_only
+
+
+def test_table_names_what_did_not_run(smoke, tmp_path):
+    "A part killed mid-way keeps the configurations it measured; a failed part shows its error; a skipped one says so."
+    from gpu_table import table
+    _, logs = smoke
+    mim = (logs/'mim.log').read_text().splitlines()
+    first = next(i for i, l in enumerate(mim) if l.startswith('RESULT ') and '"fp32": {' in l)
+    (tmp_path/'mim.log').write_text('\n'.join(mim[:first + 1]))                 # killed after fp32
+    (tmp_path/'ibot.log').write_text("Traceback (most recent call last):\nModuleNotFoundError: No module named 'fastcore'\n")
+    for p in ('vqkd', 'quantizer'): (tmp_path/f'{p}.log').write_text((logs/f'{p}.log').read_text())
+    (tmp_path/'status.tsv').write_text('mim\t124\t190.0\t190\nvqkd\t0\t30.0\t190\nquantizer\t0\t9.0\t45\n'
+                                       'ibot\t1\t3.5\t45\nloader\tskipped\t0\t12\n')
+    out = table(tmp_path, 'test GPU, 80 GiB', 989., 400.)
+    parts = parse_table(out)
+    assert list(parts) == list(PARTS)
+    assert FIGURE.match(parts['MIM step'][0]['result'])
+    assert [r['result'] for r in parts['MIM step'][1:]] == ['n/a (not measured: the part stopped before it)'] * 2
+    assert parts['iBOT loss step'][0]['result'] == \
+        "n/a (FAILED (exit 1) after 4 s: ModuleNotFoundError: No module named 'fastcore')"
+    assert parts['loader'][0]['result'] == 'n/a (skipped: under 12 s of the budget left)'
+    assert 'mim TIMED OUT at 190 s' in out and 'GPU: test GPU, 80 GiB' in out
