@@ -44,10 +44,10 @@ class CompareConfig:
     tokenizer_steps: int = 40            # steps of each tokenizer stage (dVAE, VQ-KD)
     codebook_size: int = 1024            # K of the VQ-KD and dVAE tokenizers, and iBOT's prototypes
     data_path: str = 'embedded'          # image folder (its 'train' part pretrains and trains the probes), or 'embedded'
-    val_path: str = ''                   # separate labelled validation folder; '' = the 'holdout' part of data_path
+    val_path: str = ''                   # separate labelled validation folder; '': the 'holdout' part of data_path
     holdout: float = 0.1                 # held-out fraction of data_path when val_path is empty
     n_embedded: int = 512                # samples per epoch of the embedded photos
-    max_items: int = 0                   # cap on images per evaluation part (0 = all)
+    max_items: int = 0                   # cap on images per evaluation part (0: all)
     pools: str = 'cls,mean'              # feature poolings probed
     finetune_epochs: int = 0             # > 0: also fine-tune every backbone (layer-wise lr decay)
     num_workers: int = 2                 # DataLoader workers

@@ -28,7 +28,7 @@ class DVAEConfig(RunConfig):
     "A discrete VAE run (`nbs/train_dvae.ipynb`); shared fields and their comments: `RunConfig`."
     model: str = 'dvae_tiny'             # dVAE variant (beitv2_lab.dvae.list_dvae()): dvae_official (DALL-E's), dvae_small, dvae_tiny
     img_size: int = 64                   # input resolution (multiple of 8; token grid img_size/8); BEiT v1: 112 for a 224 backbone
-    codebook_size: int = 0               # K, the vocabulary (0 = the variant's: 8192, or 1024 for dvae_tiny)
+    codebook_size: int = 0               # K, the vocabulary (0: the variant's: 8192, or 1024 for dvae_tiny)
     recon: str = 'logit_laplace'         # reconstruction loss: 'logit_laplace' (DALL-E) or 'mse'
     hard: bool = False                   # straight-through Gumbel-softmax (one-hot forward, soft gradient); DALL-E: False
     temperature_start: float = 1.0       # Gumbel-softmax temperature at step 0 (DALL-E: 1)
@@ -38,7 +38,7 @@ class DVAEConfig(RunConfig):
     kl_weight: float = 6.6               # KL weight beta after the warmup (DALL-E: 6.6)
     kl_warmup_steps: int = 50            # linear warmup of beta from 0 (DALL-E: 5000; here half the default run)
     min_crop_scale: float = 0.25         # smallest random crop of an image folder (area fraction); the embedded photos are crops already
-    eval_images: int = 256               # images reconstructed at the end for PSNR and code usage (the 'holdout' part when split='train'; 0 = none)
+    eval_images: int = 256               # images reconstructed at the end for PSNR and code usage (the 'holdout' part when split 'train'; 0: none)
     steps: int = 100                     # optimizer steps
     batch_size: int = 16                 # images per step per process
     lr: float = 1e-3                     # peak learning rate

@@ -98,7 +98,14 @@ def config_mismatches(params: dict, cls) -> list[str]:
             if params[k] != defaults[k] or type(params[k]) is not type(defaults[k])]
     return sorted(bad)
 
-@pytest.mark.parametrize('nb, cls', [('train_vqkd.ipynb', VQKDConfig), ('pretrain_mim.ipynb', MIMConfig)])
+def _run_notebooks():
+    from beitv2_lab.compare import CompareConfig
+    from beitv2_lab.task_dvae import DVAEConfig
+    from beitv2_lab.task_ibot import IBOTConfig
+    return [('train_vqkd.ipynb', VQKDConfig), ('pretrain_mim.ipynb', MIMConfig), ('train_dvae.ipynb', DVAEConfig),
+            ('pretrain_ibot.ipynb', IBOTConfig), ('compare_targets.ipynb', CompareConfig)]
+
+@pytest.mark.parametrize('nb, cls', _run_notebooks())
 def test_parameter_cells_match_configs(nb, cls):
     "A run notebook's parameters are exactly its config's fields, each with the field's default."
     params = parameter_cell(REPO/'nbs'/nb)
