@@ -173,7 +173,7 @@ class IBOTTask(Task):
                      warmup_teacher_temp=cfg.warmup_teacher_temp, teacher_temp=cfg.teacher_temp, warmup_patch_temp=cfg.warmup_patch_temp,
                      patch_temp=cfg.patch_temp, warmup_steps=cfg.teacher_temp_warmup_steps, center_momentum=cfg.center_momentum,
                      patch_center_momentum=cfg.center_momentum, lambda1=cfg.lambda1, lambda2=cfg.lambda2).to(device)
-        self.cfg, self.window = cfg, IBOTWindow(cfg.out_dim, model.student.head.patch_out_dim, device)
+        self.window = IBOTWindow(cfg.out_dim, model.student.head.patch_out_dim, device)
         return Built(model=model, train_module=model.student, ddp=dict(broadcast_buffers=False))
 
     def dataset(self, cfg, built): return ibot_dataset(cfg)
@@ -191,7 +191,7 @@ def step(self: IBOTTask, built: Built, batch: dict, step: int) -> dict:
 @patch
 def after_backward(self: IBOTTask, built: Built, step: int):
     from beitv2_lab.ibot import cancel_last_layer_grads, cosine_schedule
-    cfg, student = self.cfg, built.model.student
+    cfg, student = built.cfg, built.model.student
     cancel_last_layer_grads(student, step, cfg.freeze_last_layer)
     anchor = student.backbone.patch_embed.proj.weight                         # always decayed: marks the decayed group
     wd = cosine_schedule(step, cfg.weight_decay, cfg.weight_decay_end, cfg.steps)
@@ -200,13 +200,13 @@ def after_backward(self: IBOTTask, built: Built, step: int):
 
 @patch
 def after_step(self: IBOTTask, built: Built, step: int):
-    built.model.update_teacher(step, self.cfg.steps, self.cfg.momentum_teacher)
+    built.model.update_teacher(step, built.cfg.steps, built.cfg.momentum_teacher)
 
 # %% ../nbs/36_task_ibot.ipynb #f98d7b79
 @patch
 def window_metrics(self: IBOTTask, built: Built, step: int) -> dict:
     from beitv2_lab.ibot import cosine_schedule
-    cfg = self.cfg
+    cfg = built.cfg
     row = dict(**self.window.stats(), teacher_in_sync=teacher_in_sync(built.model),
                momentum=cosine_schedule(step - 1, cfg.momentum_teacher, 1., cfg.steps),
                weight_decay=cosine_schedule(step - 1, cfg.weight_decay, cfg.weight_decay_end, cfg.steps))
