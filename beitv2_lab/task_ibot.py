@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .distrib import all_reduce_sum, get_world_size, is_dist, tensors_in_sync
+from .distrib import all_reduce_sum, tensors_in_sync
 from .masking import MaskGenerator
 from .task_mim import MaskedDataset
 from .train import Built, RunConfig, Task, build_dataset, check, validate_common

@@ -1,10 +1,6 @@
 """End-to-end tests of dVAE training (BEiT v1 stage 1) and of BEiT v1 MIM on a dVAE: the papermill templates,
 2-process DDP on gloo, resume after a kill, and parameters refused before any compute."""
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +9,7 @@ import torch
 from beitv2_lab.dvae import create_dvae, load_dvae
 from beitv2_lab.task_dvae import DVAEConfig, DVAETask
 from beitv2_lab.train import load_checkpoint, read_metrics, run
+from kill_utils import kill_after_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(model='dvae_tiny', img_size=32, codebook_size=64, batch_size=4, warmup_steps=1, n_embedded=64, eval_images=8,
@@ -63,15 +60,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
     cfg = dict(TINY, steps=12, temperature_steps=12, kl_warmup_steps=6, ckpt_every=4, log_every=3)
     run(DVAETask(), DVAEConfig(**cfg), out_dir=str(tmp_path/'full'))
     cut = tmp_path/'cut'
-    code = (f"from beitv2_lab.task_dvae import DVAEConfig, DVAETask; from beitv2_lab.train import run; "
-            f"run(DVAETask(), DVAEConfig(**{cfg!r}), out_dir={str(cut)!r})")
-    proc = subprocess.Popen([sys.executable, '-c', code])
-    deadline = time.time() + 120
-    while not (cut/'checkpoints'/'step_0000004').exists():
-        assert proc.poll() is None and time.time() < deadline, 'run ended or hung before its first checkpoint'
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL); proc.wait()
-    assert not (cut/'dvae.safetensors').exists(), 'the run finished before it was killed'
+    kill_after_checkpoint('beitv2_lab.task_dvae:DVAETask', 'beitv2_lab.task_dvae:DVAEConfig', cfg, cut, 4, 'dvae.safetensors')
     run(DVAETask(), DVAEConfig(**cfg), out_dir=str(cut))
     a, b = load_dvae(tmp_path/'full'/'dvae.safetensors').state_dict(), load_dvae(cut/'dvae.safetensors').state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

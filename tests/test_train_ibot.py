@@ -2,10 +2,6 @@
 every rank), resume after a kill, bad parameters, and the online tokenizer file in the gallery and the code probe."""
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 # OpenMP threads that sleep rather than spin while they wait (set before torch starts its thread pool; inherited by the
@@ -19,6 +15,7 @@ from safetensors.torch import load_file
 
 from beitv2_lab.task_ibot import IBOTConfig, IBOTTask
 from beitv2_lab.train import read_metrics, run
+from kill_utils import kill_after_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(global_size=32, local_size=16, n_local=2, out_dim=64, hidden_dim=64, bottleneck_dim=16, batch_size=4, warmup_steps=1,
@@ -81,15 +78,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
     cfg = dict(TINY, steps=10, ckpt_every=2, log_every=2, freeze_last_layer=3)
     run(IBOTTask(), IBOTConfig(**cfg), out_dir=str(tmp_path/'full'))
     cut, killed = tmp_path/'cut', dict(cfg, num_workers=2)
-    code = (f"from beitv2_lab.task_ibot import IBOTConfig, IBOTTask; from beitv2_lab.train import run; "
-            f"run(IBOTTask(), IBOTConfig(**{killed!r}), out_dir={str(cut)!r})")
-    proc = subprocess.Popen([sys.executable, '-c', code])
-    deadline = time.time() + 120
-    while not (cut/'checkpoints'/'step_0000002').exists():
-        assert proc.poll() is None and time.time() < deadline, 'run ended or hung before its first checkpoint'
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL); proc.wait()
-    assert not (cut/'tokenizer.safetensors').exists(), 'the run finished before it was killed'
+    kill_after_checkpoint('beitv2_lab.task_ibot:IBOTTask', 'beitv2_lab.task_ibot:IBOTConfig', killed, cut, 2, 'tokenizer.safetensors')
     run(IBOTTask(), IBOTConfig(**killed), out_dir=str(cut))
     for f in ('ibot.safetensors', 'tokenizer.safetensors', 'backbone.safetensors'): assert same_files(tmp_path/'full'/f, cut/f), f
     assert strip_speed(read_metrics(tmp_path/'full')) == strip_speed(read_metrics(cut))

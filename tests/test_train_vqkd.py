@@ -1,10 +1,5 @@
 """End-to-end tests of VQ-KD training: the papermill template, 2-process DDP on gloo, and resume after a kill."""
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +8,7 @@ from safetensors.torch import load_file
 
 from beitv2_lab.task_vqkd import VQKDConfig, VQKDTask
 from beitv2_lab.train import load_checkpoint, read_metrics, run
+from kill_utils import kill_after_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(teacher='hog', model='vqkd_tiny', img_size=32, teacher_size=32, codebook_size=64, code_dim=8, batch_size=8,
@@ -53,15 +49,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
     cfg = dict(TINY, steps=16, ckpt_every=4, log_every=4, dead_code_threshold=0.05)
     run(VQKDTask(), VQKDConfig(**cfg), out_dir=str(tmp_path/'full'))
     cut = tmp_path/'cut'
-    code = (f"from beitv2_lab.task_vqkd import VQKDConfig, VQKDTask; from beitv2_lab.train import run; "
-            f"run(VQKDTask(), VQKDConfig(**{cfg!r}), out_dir={str(cut)!r})")
-    proc = subprocess.Popen([sys.executable, '-c', code])
-    deadline = time.time() + 120
-    while not (cut/'checkpoints'/'step_0000004').exists():
-        assert proc.poll() is None and time.time() < deadline, 'run ended or hung before its first checkpoint'
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL); proc.wait()
-    assert not (cut/'tokenizer.safetensors').exists(), 'the run finished before it was killed'
+    kill_after_checkpoint('beitv2_lab.task_vqkd:VQKDTask', 'beitv2_lab.task_vqkd:VQKDConfig', cfg, cut, 4, 'tokenizer.safetensors')
     run(VQKDTask(), VQKDConfig(**cfg), out_dir=str(cut))
     a, b = load_file(tmp_path/'full'/'tokenizer.safetensors'), load_file(cut/'tokenizer.safetensors')
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
