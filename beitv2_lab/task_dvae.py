@@ -27,23 +27,24 @@ __all__ = ['DVAEConfig', 'validate_dvae', 'dvae_schedules', 'dvae_dataset', 'usa
 class DVAEConfig(RunConfig):
     "A discrete VAE run (`nbs/train_dvae.ipynb`); shared fields and their comments: `RunConfig`."
     model: str = 'dvae_tiny'             # dVAE variant (beitv2_lab.dvae.list_dvae()): dvae_official (DALL-E's), dvae_small, dvae_tiny
-    img_size: int = 64                   # input resolution (multiple of 8; token grid img_size/8); BEiT v1: 112 for a 224 backbone
+    img_size: int = 32                   # input resolution (multiple of 8; token grid img_size/8); BEiT v1: 112 for a 224 backbone
     codebook_size: int = 0               # K, the vocabulary (0: the variant's: 8192, or 1024 for dvae_tiny)
     recon: str = 'logit_laplace'         # reconstruction loss: 'logit_laplace' (DALL-E) or 'mse'
     hard: bool = False                   # straight-through Gumbel-softmax (one-hot forward, soft gradient); DALL-E: False
     temperature_start: float = 1.0       # Gumbel-softmax temperature at step 0 (DALL-E: 1)
     temperature_end: float = 0.0625      # temperature after the annealing (DALL-E: 1/16)
-    temperature_steps: int = 100         # annealing steps (DALL-E: 150 000; here the whole default run)
+    temperature_steps: int = 1000        # annealing steps (DALL-E: 150 000; here the whole default run)
     temperature_mode: str = 'cosine'     # annealing curve: 'cosine' or 'exp' (geometric)
     kl_weight: float = 6.6               # KL weight beta after the warmup (DALL-E: 6.6)
-    kl_warmup_steps: int = 50            # linear warmup of beta from 0 (DALL-E: 5000; here half the default run)
+    kl_warmup_steps: int = 500           # linear warmup of beta from 0 (DALL-E: 5000; here half the default run)
     min_crop_scale: float = 0.25         # smallest random crop of an image folder (area fraction); the embedded photos are crops already
     eval_images: int = 256               # images reconstructed at the end for PSNR and code usage (the 'holdout' part when split 'train'; 0: none)
-    steps: int = 100                     # optimizer steps
-    batch_size: int = 16                 # images per step per process
+    steps: int = 1000                    # optimizer steps
+    batch_size: int = 8                  # images per step per process
     lr: float = 1e-3                     # peak learning rate
-    warmup_steps: int = 10               # linear warmup steps
-    ckpt_every: int = 50                 # checkpoint every N steps (and always at the end)
+    warmup_steps: int = 50               # linear warmup steps
+    ckpt_every: int = 250                # checkpoint every N steps (and always at the end)
+    log_every: int = 20                  # metrics every N steps (the usage statistics are over this window)
     out_dir: str = 'runs/dvae'           # checkpoints, metrics.jsonl, tensorboard, dvae.safetensors
 
 # %% ../nbs/35_task_dvae.ipynb #0e167163
@@ -90,7 +91,6 @@ class DVAETask(Task):
     def validate(self, cfg): validate_dvae(cfg)
 
     def build(self, cfg, device) -> Built:
-        self.cfg = cfg                                       # the schedules of `step` and the evaluation of `finish` read it
         kw = dict(codebook_size=cfg.codebook_size) if cfg.codebook_size else {}
         model = create_dvae(cfg.model, img_size=cfg.img_size, recon=cfg.recon, **kw).to(device)
         model.sync = get_world_size() > 1                    # explicit, decided here, not at construction
@@ -99,8 +99,8 @@ class DVAETask(Task):
     def dataset(self, cfg, built): return dvae_dataset(cfg)
 
     def step(self, built, batch, step) -> dict:
-        sched = dvae_schedules(self.cfg, step)
-        res = built.net(batch['image'], hard=self.cfg.hard, **sched)
+        sched = dvae_schedules(built.cfg, step)
+        res = built.net(batch['image'], hard=built.cfg.hard, **sched)
         return {**{k: res[k] for k in ('loss', 'rec_loss', 'kl')},
                 **{k: torch.tensor(v, device=built.device) for k, v in sched.items()}}
 
@@ -114,7 +114,7 @@ class DVAETask(Task):
 
     def finish(self, built, out_dir) -> dict:
         out = dict(dvae=str(built.model.save(Path(out_dir)/'dvae.safetensors')))
-        if self.cfg.eval_images: out.update(evaluate_run(built.model, self.cfg))
+        if built.cfg.eval_images: out.update(evaluate_run(built.model, built.cfg))
         return out
 
 # %% ../nbs/35_task_dvae.ipynb #fbb1cee3
