@@ -9,7 +9,7 @@ import csv
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -21,9 +21,9 @@ from .core import atomic_path
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'METHODS', 'IBOT_OF', 'CompareConfig', 'method_list', 'run_configs', 'ibot_fields', 'run_method', 'backbone',
-           'tokenizer_of', 'token_health', 'restarts_per_step', 'compare', 'write_results', 'plot_results',
-           'plot_training', 'plot_token_health']
+__all__ = ['log', 'METHODS', 'IBOT_OF', 'RESULT_NEUTRAL', 'CompareConfig', 'method_list', 'run_configs', 'ibot_fields',
+           'run_method', 'backbone', 'tokenizer_of', 'token_health', 'restarts_per_step', 'compare', 'write_results',
+           'plot_results', 'plot_training', 'plot_token_health']
 
 # %% ../nbs/60_compare.ipynb #bed3aa5a
 METHODS = ('random', 'pixels', 'hog', 'teacher', 'dvae', 'vqkd', 'ibot')
@@ -87,7 +87,8 @@ def run_configs(cfg: CompareConfig, method: str) -> list[tuple[str, object, obje
     if method == 'dvae':
         from beitv2_lab.task_dvae import DVAEConfig, DVAETask
         tok = DVAEConfig(**_shared(cfg, out/'dvae_tokenizer', img_size=cfg.img_size // 2, codebook_size=cfg.codebook_size,
-                                   temperature_steps=cfg.tokenizer_steps, kl_warmup_steps=max(1, cfg.tokenizer_steps // 2), **stage))
+                                   temperature_steps=cfg.tokenizer_steps, kl_warmup_steps=max(1, cfg.tokenizer_steps // 2),
+                                   eval_images=cfg.max_items or 1_000_000, **stage))   # PSNR on the held-out part
         return [('tokenizer', DVAETask(), tok), ('mim', MIMTask(), mim(tokenizer=str(out/'dvae_tokenizer'/'dvae.safetensors')))]
     from beitv2_lab.task_ibot import IBOTConfig, IBOTTask
     return [('ibot', IBOTTask(), IBOTConfig(**_shared(cfg, out/method, **ibot_fields(cfg))))]
@@ -103,20 +104,32 @@ def ibot_fields(cfg: CompareConfig) -> dict:
                 out_dim=cfg.codebook_size, freeze_last_layer=max(1, cfg.steps // 20), teacher_temp_warmup_steps=max(1, cfg.steps // 8))
 
 # %% ../nbs/60_compare.ipynb #fa0086a6
+RESULT_NEUTRAL = ('progress', 'num_workers', 'resume')   # run fields that do not change what a run computes
+
+def _changed(saved: dict, rcfg) -> list[str]:
+    now = asdict(rcfg)
+    return [f'{k}: finished run {saved.get(k)!r} != now {now[k]!r}' for k in now if k not in RESULT_NEUTRAL and saved.get(k) != now[k]]
+
 def run_method(cfg: CompareConfig, method: str) -> dict:
-    "Pretrain one method (skipping finished runs); its runs' summaries and wall times by stage."
+    """Pretrain one method; its runs' summaries and wall times by stage. A run already finished in its folder with the
+    same parameters is skipped; one finished with other parameters is an error naming them (never silently reused)."""
     from beitv2_lab.train import run
     out = {}
     for stage, task, rcfg in run_configs(cfg, method):
         d = Path(rcfg.out_dir)
         if (d/'summary.json').exists() and (d/'timing.json').exists():
+            timing = json.loads((d/'timing.json').read_text())
+            if bad := _changed(timing.pop('config', {}), rcfg):
+                raise ValueError(f'{method} {stage}: {d} holds a finished run with other parameters (delete it or choose '
+                                 f'another out_dir):\n  ' + '\n  '.join(bad))
             log.info('%s %s: finished, skipped (%s)', method, stage, d)
-            out[stage] = dict(json.loads((d/'summary.json').read_text()), **json.loads((d/'timing.json').read_text()), skipped_run=True)
+            out[stage] = dict(json.loads((d/'summary.json').read_text()), **timing, skipped_run=True)
             continue
         t0 = time.perf_counter()
         summary = run(task, rcfg)
-        timing = dict(wall_s=time.perf_counter() - t0, train_img_per_s=rcfg.steps * rcfg.batch_size / (time.perf_counter() - t0))
-        with atomic_path(d/'timing.json') as tmp: tmp.write_text(json.dumps(timing))
+        wall = time.perf_counter() - t0
+        timing = dict(wall_s=wall, train_img_per_s=rcfg.steps * rcfg.batch_size / wall)
+        with atomic_path(d/'timing.json') as tmp: tmp.write_text(json.dumps(dict(timing, config=asdict(rcfg))))
         out[stage] = dict(summary, **timing, skipped_run=False)
     return out
 
@@ -193,6 +206,7 @@ def compare(cfg: CompareConfig) -> list[dict]:
         tok = tokenizer_of(cfg, m)
         if tok is not None: row.update(token_health(tok, test_ds, num_workers=cfg.num_workers))
         if m == 'vqkd': row['restarts_per_step'] = restarts_per_step(out/'vqkd_tokenizer')
+        if m == 'dvae': row['heldout_psnr'] = stages['tokenizer'].get('eval_psnr')
         rows.append(row)
     write_results(rows, out)
     return rows

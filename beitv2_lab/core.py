@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['KIND_KEY', 'exists', 'default', 'l2norm', 'atomic_path', 'save_tagged', 'read_header', 'load_tagged', 'cpu_flags',
-           'has_amx_bf16']
+           'has_amx_bf16', 'keep_freed_memory']
 
 # %% ../nbs/00_core.ipynb #7c162c6f
 def exists(x) -> bool:
@@ -107,3 +107,13 @@ def cpu_flags() -> set[str]:
 def has_amx_bf16() -> bool:
     "Whether this CPU has AMX-BF16 matrix units (bf16 autocast pays on it)."
     return 'amx_bf16' in cpu_flags()
+
+# %% ../nbs/00_core.ipynb #1766b89f
+def keep_freed_memory() -> bool:
+    "Make glibc reuse freed large blocks instead of unmapping them (no mmap per block, no heap trimming); whether it applied."
+    import ctypes
+    if os.environ.get('BEITV2_LAB_SYSTEM_MALLOC') == '1': return False
+    try: mallopt = ctypes.CDLL('libc.so.6').mallopt
+    except (OSError, AttributeError): return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from .core import atomic_path, has_amx_bf16, load_tagged, save_tagged
+from .core import atomic_path, has_amx_bf16, keep_freed_memory, load_tagged, save_tagged
 from .distrib import (all_reduce_mean, cleanup, get_rank, get_world_size, init_distributed, is_dist, is_main, launch,
                                 gather, node_info, resolve_device, tensors_in_sync)
 
@@ -426,7 +426,8 @@ def fit(task: Task, cfg) -> dict:
     from beitv2_lab.data import SkipCounter
     device, out, world = resolve_device(cfg.device), Path(cfg.out_dir), get_world_size()
     precision = resolve_precision(cfg.precision, device)
-    if is_main(): log.info('%s: precision %s (%s) on %s', task.name, precision, cfg.precision, device)
+    heap = device.type == 'cpu' and keep_freed_memory()          # large activations reuse freed pages (core.keep_freed_memory)
+    if is_main(): log.info('%s: precision %s (%s) on %s%s', task.name, precision, cfg.precision, device, ', freed memory kept' * heap)
     built, state = _setup(task, cfg, device)
     start = state['step'] if state else 0
     position = state['positions'][get_rank()] if state else 0                  # items this rank's stream has drawn

@@ -30,3 +30,8 @@ def test_compare_template_every_method(tmp_path):
                         kernel_name='python3', progress_bar=False, parameters=dict(TINY, out_dir=str(out)))
     changed = sorted(p.parent.name for p in out.glob('*/timing.json') if p.stat().st_mtime != mtimes[p])
     assert changed == ['hog'], changed
+    # a finished run is never reused under other parameters: the error names the field, before any compute
+    import pytest
+    from beitv2_lab.compare import CompareConfig, run_method
+    with pytest.raises(ValueError, match=r"(?s)other parameters.*lr: finished run 0.0003 != now 0.001"):
+        run_method(CompareConfig(**dict(TINY, out_dir=str(out), lr=1e-3)), 'pixels')
