@@ -16,7 +16,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from .distrib import all_reduce_sum, tensors_in_sync
 from .masking import MaskGenerator
-from .task_mim import MaskedDataset
+from .task_mim import WithMasks
 from .train import Built, RunConfig, Task, build_dataset, check, validate_common
 
 log = logging.getLogger(__name__)
@@ -104,14 +104,14 @@ class CropMasks:
     n_global: int = 2
     def sample(self) -> torch.Tensor: return self.generator(self.n_global)
 
-def ibot_dataset(cfg: IBOTConfig) -> MaskedDataset:
+def ibot_dataset(cfg: IBOTConfig):
     "The run's multi-crop dataset with masks of the global crops (`'crops'`, `'bool_masked_pos'`)."
     from beitv2_lab.data import MultiCropTransform
     tf = MultiCropTransform(global_size=cfg.global_size, local_size=cfg.local_size, n_local=cfg.n_local, n_global=cfg.n_global,
                             global_scale=(cfg.global_scale_min, 1.), local_scale=(cfg.local_scale_min, cfg.local_scale_max))
     g = cfg.global_size // 16
     gen = MaskGenerator('ibot', grid=(g, g), ratio_range=(cfg.mask_ratio_min, cfg.mask_ratio_max), p_masked=cfg.mask_prob)
-    return MaskedDataset(build_dataset(cfg, tf, size=cfg.global_size), CropMasks(gen, cfg.n_global))
+    return build_dataset(cfg, WithMasks(tf, CropMasks(gen, cfg.n_global)), size=cfg.global_size)
 
 def view_major(bool_masked_pos: torch.Tensor) -> torch.Tensor:
     "A batch's masks `[B, G, N]` → `[G·B, N]`, view-major like the concatenated crops."

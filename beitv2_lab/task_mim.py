@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
 from .core import load_tagged, save_tagged
 from .masking import MaskGenerator
@@ -20,8 +19,8 @@ from .train import Built, RunConfig, Task, build_dataset, check, validate_common
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'MIM_MASK_MODES', 'TARGET_LOSSES', 'MIMConfig', 'validate_mim', 'regression_loss', 'default_loss',
-           'MaskedDataset', 'mim_dataset', 'save_mim', 'load_mim', 'MIMTask', 'plot_masks']
+__all__ = ['log', 'MIM_MASK_MODES', 'TARGET_LOSSES', 'MIMConfig', 'validate_mim', 'regression_loss', 'default_loss', 'WithMasks',
+           'mim_dataset', 'save_mim', 'load_mim', 'MIMTask', 'plot_masks']
 
 # %% ../nbs/34_task_mim.ipynb #27b8acc0
 @dataclass
@@ -110,22 +109,21 @@ def default_loss(target: str) -> str:
     return 'ce' if target == 'tokens' else 'mse' if target in ('pixels', 'hog') else 'cosine'
 
 # %% ../nbs/34_task_mim.ipynb #0a10ee04
-class MaskedDataset(Dataset):
-    "Items of `ds` plus `bool_masked_pos [N]` from `masks.sample()` (global torch RNG: wrap in `Seeded`)."
-    def __init__(self, ds, masks: MaskGenerator): self.ds, self.masks = ds, masks
-    def __len__(self): return len(self.ds)
-    def __getitem__(self, i):
-        bool_masked_pos = self.masks.sample()
-        item = self.ds[i]
-        return {**item, 'bool_masked_pos': bool_masked_pos} if isinstance(item, dict) else item   # `Skipped` passes through
+class WithMasks:
+    "A transform: `transform(img)` plus `bool_masked_pos [N]` from `masks.sample()` (global torch RNG, seeded per item by the harness)."
+    def __init__(self, transform, masks): self.transform, self.masks = transform, masks
+    def __call__(self, img) -> dict:
+        bool_masked_pos = self.masks.sample()                 # first: independent of the transform's draws
+        out = self.transform(img)
+        return {**(out if isinstance(out, dict) else {'image': out}), 'bool_masked_pos': bool_masked_pos}
 
-def mim_dataset(cfg: MIMConfig, tok_size: int | None = None) -> MaskedDataset:
+def mim_dataset(cfg: MIMConfig, tok_size: int | None = None):
     "The run's two-view dataset (backbone view normalised, tokenizer view in [0, 1] at `tok_size`) with masks."
     from beitv2_lab.data import TwoViewTransform
     g = cfg.img_size // 16
     num, low = _mask_counts(cfg, g * g)
     masks = MaskGenerator(cfg.mask_mode, grid=(g, g), num_masking_patches=num, min_num_patches=low)
-    return MaskedDataset(build_dataset(cfg, TwoViewTransform(size=cfg.img_size, tok_size=tok_size or cfg.img_size)), masks)
+    return build_dataset(cfg, WithMasks(TwoViewTransform(size=cfg.img_size, tok_size=tok_size or cfg.img_size), masks))
 
 # %% ../nbs/34_task_mim.ipynb #a14deac4
 def save_mim(model, path) -> Path:

@@ -30,11 +30,11 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'DATA_KEYS', 'RunConfig', 'check', 'validate_common', 'config_from', 'StreamSampler', 'Seeded', 'make_loader',
-           'build_dataset', 'Batches', 'to_device', 'build_optimizer', 'lr_at', 'rng_state', 'set_rng_state',
-           'gather_rng_states', 'optimizer_tensors', 'load_optimizer_state', 'save_checkpoint', 'latest_checkpoint',
-           'load_checkpoint', 'MetricsLogger', 'read_metrics', 'resolve_resume', 'check_resume_config', 'resume',
-           'resolve_precision', 'autocast_ctx', 'weights_in_sync', 'Built', 'Task', 'fit', 'job_worker', 'run',
-           'describe_summary']
+           'is_shard_index', 'build_dataset', 'Batches', 'to_device', 'build_optimizer', 'lr_at', 'rng_state',
+           'set_rng_state', 'gather_rng_states', 'optimizer_tensors', 'load_optimizer_state', 'save_checkpoint',
+           'latest_checkpoint', 'load_checkpoint', 'MetricsLogger', 'read_metrics', 'resolve_resume',
+           'check_resume_config', 'resume', 'resolve_precision', 'autocast_ctx', 'weights_in_sync', 'Built', 'Task',
+           'fit', 'job_worker', 'run', 'describe_summary']
 
 # %% ../nbs/31_train.ipynb #47e8b61e
 @dataclass
@@ -44,6 +44,7 @@ class RunConfig:
     n_embedded: int = 4096               # samples per epoch when data_path 'embedded'
     split: str = 'all'                   # part of an image folder to use: 'all', or 'train' / 'holdout' of a deterministic hash split
     holdout: float = 0.1                 # fraction of the folder in the 'holdout' part
+    shard_urls: str = ''                 # data_path a shard index (beitv2_lab.shards): its shards elsewhere, e.g. a pipe: command with a brace pattern ('': beside the index)
     steps: int = 260                     # optimizer steps
     batch_size: int = 32                 # images per step per process
     lr: float = 2e-4                     # peak learning rate
@@ -92,7 +93,8 @@ def validate_common(cfg: RunConfig) -> RunConfig:
     check(cfg.split in ('all', 'train', 'holdout'), 'split', f"must be 'all', 'train' or 'holdout', got {cfg.split!r}")
     check(0 < cfg.holdout < 1, 'holdout', f'must be in (0, 1), got {cfg.holdout}')
     if cfg.data_path != 'embedded':
-        check(Path(cfg.data_path).is_dir(), 'data_path', f'folder not found: {cfg.data_path}')
+        check(Path(cfg.data_path).is_dir() or (Path(cfg.data_path).name == 'index.json' and Path(cfg.data_path).is_file()),
+              'data_path', f'folder (or shard index.json) not found: {cfg.data_path}')
     if cfg.resume not in ('auto', 'never', ''):
         check(Path(cfg.resume).is_dir(), 'resume', f'checkpoint folder not found: {cfg.resume}')
     return cfg
@@ -145,18 +147,40 @@ class Seeded(Dataset):
 
 # %% ../nbs/31_train.ipynb #0688986e
 def make_loader(ds, cfg: RunConfig, start: int, device: torch.device) -> DataLoader:
-    "An endless, exactly resumable DataLoader over `ds` for this rank, starting at item `start`."
+    "An endless, exactly resumable DataLoader over `ds` (a map dataset or a `ShardStream`) for this rank, starting at item `start`."
     from beitv2_lab.data import collate
+    from beitv2_lab.shards import ShardStream, shard_loader
+    if isinstance(ds, ShardStream):
+        world = get_world_size()
+        lanes = min(8, len(ds.urls) // world)
+        if lanes < 1: raise ValueError(f'data_path: {len(ds.urls)} shards cannot feed {world} ranks; write at least one shard per rank')
+        stream = ShardStream(ds.urls, ds.counts, ds.transform, batch_size=cfg.batch_size, lanes=lanes, seed=cfg.seed,
+                             rank=get_rank(), world_size=world, start=start, classes=ds.classes)
+        workers = max(w for w in range(min(cfg.num_workers, lanes) + 1) if w == 0 or lanes % w == 0)
+        return shard_loader(stream, num_workers=workers, pin_memory=device.type == 'cuda')
     sampler = StreamSampler(len(ds), seed=cfg.seed, rank=get_rank(), world_size=get_world_size(), start=start)
     return DataLoader(Seeded(ds), batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
                       collate_fn=collate, pin_memory=device.type == 'cuda', drop_last=True,
                       persistent_workers=cfg.num_workers > 0, generator=torch.Generator().manual_seed(cfg.seed))
 
+def is_shard_index(path) -> bool:
+    "Whether `path` is a shard folder's `index.json` or a folder holding one (`beitv2_lab.shards.write_shards`)."
+    from beitv2_lab.shards import INDEX_NAME
+    p = Path(path)
+    return (p.name == INDEX_NAME and p.is_file()) or (p/INDEX_NAME).is_file()
+
 def build_dataset(cfg: RunConfig, transform, size: int | None = None):
-    "The run's dataset: an image folder (its `split` part), or the embedded photos cropped at `size`."
+    "The run's dataset: an image folder (its `split` part), tar shards (a `ShardStream`), or the embedded photos cropped at `size`."
     from beitv2_lab.data import EmbeddedPhotos, ImageFolder
     if cfg.data_path == 'embedded':
         return EmbeddedPhotos(n_samples=cfg.n_embedded, size=size or getattr(cfg, 'img_size', 224), transform=transform, seed=cfg.seed)
+    if is_shard_index(cfg.data_path):
+        from beitv2_lab.shards import ShardStream
+        if cfg.split != 'all':
+            raise ValueError(f"split: shards hold one part already (write them from ImageFolder(...).split('train')); use split='all', got {cfg.split!r}")
+        return ShardStream.from_index(cfg.data_path, urls=cfg.shard_urls or None, transform=transform, seed=cfg.seed,
+                                      lanes=1)   # the lanes, rank and start of each rank: make_loader
+    if cfg.shard_urls: raise ValueError(f'shard_urls: needs data_path to be a shard index, got {cfg.data_path!r}')
     ds = ImageFolder(cfg.data_path, transform=transform)
     return ds if cfg.split == 'all' else ds.split(cfg.split, holdout=cfg.holdout)
 
