@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import json
 import logging
 import math
@@ -30,9 +31,9 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'DATA_KEYS', 'RunConfig', 'check', 'validate_common', 'config_from', 'StreamSampler', 'Seeded', 'make_loader',
-           'is_shard_index', 'build_dataset', 'Batches', 'to_device', 'build_optimizer', 'lr_at', 'rng_state',
-           'set_rng_state', 'gather_rng_states', 'optimizer_tensors', 'load_optimizer_state', 'save_checkpoint',
-           'latest_checkpoint', 'load_checkpoint', 'MetricsLogger', 'read_metrics', 'resolve_resume',
+           'is_shard_index', 'build_dataset', 'Batches', 'sample_items', 'to_device', 'build_optimizer', 'lr_at',
+           'rng_state', 'set_rng_state', 'gather_rng_states', 'optimizer_tensors', 'load_optimizer_state',
+           'save_checkpoint', 'latest_checkpoint', 'load_checkpoint', 'MetricsLogger', 'read_metrics', 'resolve_resume',
            'check_resume_config', 'resume', 'resolve_precision', 'autocast_ctx', 'weights_in_sync', 'Built', 'Task',
            'fit', 'job_worker', 'run', 'describe_summary']
 
@@ -192,6 +193,13 @@ class Batches:
         while True:
             batch = next(self.it); self.skips.update(batch['skipped']); self.position += self.batch_size
             if len(batch) > 1: return batch
+
+def sample_items(ds, n: int, seed: int = 0) -> list[dict]:
+    "Up to `n` readable items of a task's dataset, drawn as training draws them (a shard stream: its first items), for a look."
+    from beitv2_lab.shards import ShardStream
+    items = (itertools.islice(iter(ds), n) if isinstance(ds, ShardStream) else
+             (Seeded(ds)[(i, seed * 1000 + i)] for i in range(min(n, len(ds)))))
+    return [it for it in items if isinstance(it, dict)]      # unreadable images come as `Skipped`
 
 def to_device(batch: dict, device: torch.device) -> dict:
     "Every tensor of a batch (and of its lists, e.g. multi-crop views) on `device`."

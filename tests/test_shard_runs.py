@@ -44,3 +44,12 @@ def test_shard_config_errors(shards):
     assert len(piped.urls) == n and piped.urls[0].startswith('pipe:cat ')
     a, b = (next(iter(make_loader(s, MIMConfig(**cfg), 8, torch.device('cpu')))) for s in (local, piped))   # from position 8 on
     assert torch.equal(a['image'], b['image']) and a['index'].tolist() == b['index'].tolist()
+
+
+def test_sample_items_from_shards_and_folders(shards):
+    "What the run notebooks show (`sample_items`) works on shards as on folders: items with their masks."
+    from beitv2_lab.task_mim import mim_dataset
+    from beitv2_lab.train import sample_items
+    for path in (shards, imagenette_path()/'train'):
+        items = sample_items(mim_dataset(MIMConfig(data_path=str(path), target='pixels', img_size=32)), 3)
+        assert len(items) == 3 and all(it['bool_masked_pos'].shape == (4,) and it['image'].shape == (3, 32, 32) for it in items)
