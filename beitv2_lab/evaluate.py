@@ -461,8 +461,8 @@ def compare_backbones(backbones: dict,            # name -> module with `forward
     return rows
 
 def markdown_table(rows: list[dict]) -> str:
-    "Rows of dicts as a markdown table (floats to 1 decimal)."
-    keys = list(rows[0])
+    "Rows of dicts as a markdown table (floats to 1 decimal); the columns are every key of any row, in order of appearance."
+    keys = list(dict.fromkeys(k for r in rows for k in r))
     fmt = lambda v: (f'{v:.1f}' if abs(v) >= 0.1 or v != v or v == 0 else f'{v:.0e}') if isinstance(v, float) else str(v)
     return '\n'.join(['| ' + ' | '.join(keys) + ' |', '|' + '---|' * len(keys)] + ['| ' + ' | '.join(fmt(r.get(k, '')) for k in keys) + ' |' for r in rows])
 
