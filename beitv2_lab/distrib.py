@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import uuid
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -41,7 +42,11 @@ def init_distributed(device: str = 'auto') -> bool:
     if 'RANK' not in os.environ or is_dist(): return is_dist()
     use_cuda = device != 'cpu' and torch.cuda.is_available()
     if use_cuda: torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
-    dist.init_process_group(backend='nccl' if use_cuda else 'gloo')
+    # a restarted group's gloo mesh can hang while connecting (seen on loaded 2-core hosts): a short timeout for the
+    # connection makes that an error, so torch elastic restarts the group again; collectives get torch's defaults
+    connect = timedelta(seconds=float(os.environ.get('BEITV2_LAB_CONNECT_TIMEOUT', 180)))
+    dist.init_process_group(backend='nccl' if use_cuda else 'gloo', timeout=connect)
+    dist.set_timeout(timedelta(minutes=10 if use_cuda else 30))
     log.info('rank %d/%d joined (%s)', get_rank(), get_world_size(), dist.get_backend())
     return True
 
