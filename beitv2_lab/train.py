@@ -156,7 +156,8 @@ def make_loader(ds, cfg: RunConfig, start: int, device: torch.device) -> DataLoa
         lanes = min(8, len(ds.urls) // world)
         if lanes < 1: raise ValueError(f'data_path: {len(ds.urls)} shards cannot feed {world} ranks; write at least one shard per rank')
         stream = ShardStream(ds.urls, ds.counts, ds.transform, batch_size=cfg.batch_size, lanes=lanes, seed=cfg.seed,
-                             rank=get_rank(), world_size=world, start=start, classes=ds.classes)
+                             rank=get_rank(), world_size=world, start=start, classes=ds.classes,
+                             shuffle_buffer=ds.shuffle_buffer, max_pixels=ds.max_pixels, target_size=ds.target_size)
         workers = max(w for w in range(min(cfg.num_workers, lanes) + 1) if w == 0 or lanes % w == 0)
         return shard_loader(stream, num_workers=workers, pin_memory=device.type == 'cuda')
     sampler = StreamSampler(len(ds), seed=cfg.seed, rank=get_rank(), world_size=get_world_size(), start=start)
