@@ -37,17 +37,36 @@ def resolve_device(device: str = 'auto') -> torch.device:
     return torch.device(device)
 
 # %% ../nbs/30_distrib.ipynb #e31a7dde
+def _group_store(timeout: timedelta):
+    """Under torch elastic, the agent's store with a prefix for this restart of the worker group, else None (env://).
+
+    Torch elastic keeps one store server for the whole job and lets every restarted group meet in it without a prefix,
+    so the new group's gloo (or nccl) handshake can read the dead group's addresses and dial ports nobody listens on:
+    'Connection refused', or a mesh that never connects. A prefix per restart (what torch did before it shared the
+    store) gives every group fresh keys. The prefix is torch elastic's restart count, which each node's agent advances
+    when a failure stops its group (one node restarted only to admit a new member would not: elastic membership
+    changes are not supported here).
+    """
+    if os.environ.get('TORCHELASTIC_USE_AGENT_STORE') != str(True): return None
+    store = dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), int(os.environ['WORLD_SIZE']),
+                          is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"beitv2_lab/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
 def init_distributed(device: str = 'auto') -> bool:
     "Join the process group if a launcher started this process (`RANK` in env); returns whether it did."
     if 'RANK' not in os.environ or is_dist(): return is_dist()
     use_cuda = device != 'cpu' and torch.cuda.is_available()
     if use_cuda: torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
-    # a restarted group's gloo mesh can hang while connecting (seen on loaded 2-core hosts): a short timeout for the
-    # connection makes that an error, so torch elastic restarts the group again; collectives get torch's defaults
+    # joining gets a bounded wait (a peer that never comes is an error, and torch elastic restarts the group);
+    # collectives get torch's defaults
     connect = timedelta(seconds=float(os.environ.get('BEITV2_LAB_CONNECT_TIMEOUT', 180)))
-    dist.init_process_group(backend='nccl' if use_cuda else 'gloo', timeout=connect)
+    backend, store = 'nccl' if use_cuda else 'gloo', _group_store(connect)
+    if store is None: dist.init_process_group(backend=backend, timeout=connect)
+    else: dist.init_process_group(backend=backend, store=store, rank=int(os.environ['RANK']),
+                                  world_size=int(os.environ['WORLD_SIZE']), timeout=connect)
     dist.set_timeout(timedelta(minutes=10 if use_cuda else 30))
-    log.info('rank %d/%d joined (%s)', get_rank(), get_world_size(), dist.get_backend())
+    log.info('rank %d/%d joined (%s, restart %s)', get_rank(), get_world_size(), dist.get_backend(),
+             os.environ.get('TORCHELASTIC_RESTART_COUNT', '0'))
     return True
 
 def cleanup():

@@ -226,18 +226,14 @@ class ResumeRecorder(NodeThreads):
         with open(self.out_dir/'resumed.txt', 'a') as f: f.write(f'rank {get_rank()} {latest_checkpoint(self.out_dir).name}\n')
         super().load_extra_state(built, tensors)
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known bug, issue 9: on some 2-core hosts the restarted gloo group cannot connect its mesh (rank 1 dials a "
-    "refused address in connectFullMesh, every restart); passes on others"))
 def test_worker_killed_restarts_and_resumes_bit_identical(tmp_path, ddp_reference):
-    """SIGKILL one of 2 workers after the first checkpoint: torch elastic (max_restarts=2) restarts the group, which
-    resumes from the latest checkpoint and ends bit-identical to the uninterrupted run."""
+    """SIGKILL one of 2 workers after the first checkpoint: torch elastic (max_restarts=1) restarts the group, which
+    resumes from the latest checkpoint and ends bit-identical to the uninterrupted run. One restart must be enough:
+    the restarted group meets in a store prefix of its own (before that, it read the killed group's gloo addresses)."""
     rdir = tmp_path/'run'
     code = (f"import sys, logging; sys.path.insert(0, {str(REPO/'tests')!r}); logging.basicConfig(level=logging.INFO); "
             f"from test_harness import ResumeRecorder; from beitv2_lab.task_vqkd import VQKDConfig; from beitv2_lab.train import run; "
-            f"run(ResumeRecorder(), VQKDConfig(**{DDP!r}), nproc_per_node=2, max_restarts=2, out_dir={str(rdir)!r})")
-    # max_restarts=2: on a loaded 2-core machine the restarted group's gloo mesh once failed to connect
-    # ('Connection refused' in init_process_group, before any resume); one more restart absorbs that race
+            f"run(ResumeRecorder(), VQKDConfig(**{DDP!r}), nproc_per_node=2, max_restarts=1, out_dir={str(rdir)!r})")
     log = open(tmp_path/'launcher.log', 'w')
     proc = subprocess.Popen([sys.executable, '-c', code], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, env=dict(passive_env(), BEITV2_LAB_CONNECT_TIMEOUT='30'))
