@@ -271,9 +271,11 @@ class TimmTeacher(Teacher):
                          default(mean, cfg.get('mean', (0.485, 0.456, 0.406))), default(std, cfg.get('std', (0.229, 0.224, 0.225))),
                          grid)
         self.model, self.layer = model, layer
+        self.channels_last = not hasattr(model, 'patch_embed')    # a CNN: NHWC inputs, so its convolutions run NHWC
         self.freeze()
 
     def feature_map(self, x):
+        if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
         if exists(self.layer): return self.model.forward_intermediates(x, indices=[self.layer], intermediates_only=True)[0]
         f = self.model.forward_features(x)
         if f.ndim == 3:                                                        # tokens [B, prefix + h·w, D]
