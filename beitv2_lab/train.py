@@ -30,12 +30,12 @@ from .distrib import (all_reduce_mean, cleanup, get_rank, get_world_size, init_d
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'DATA_KEYS', 'RunConfig', 'check', 'validate_common', 'config_from', 'StreamSampler', 'Seeded', 'make_loader',
-           'is_shard_index', 'build_dataset', 'Batches', 'sample_items', 'to_device', 'build_optimizer', 'lr_at',
-           'rng_state', 'set_rng_state', 'gather_rng_states', 'optimizer_tensors', 'load_optimizer_state',
-           'save_checkpoint', 'latest_checkpoint', 'load_checkpoint', 'MetricsLogger', 'read_metrics', 'resolve_resume',
-           'check_resume_config', 'resume', 'resolve_precision', 'autocast_ctx', 'weights_in_sync', 'Built', 'Task',
-           'fit', 'job_worker', 'run', 'describe_summary']
+__all__ = ['log', 'DATA_KEYS', 'AUTO_COMPILE_STEPS', 'RunConfig', 'check', 'validate_common', 'config_from', 'StreamSampler',
+           'Seeded', 'make_loader', 'is_shard_index', 'build_dataset', 'Batches', 'sample_items', 'to_device',
+           'build_optimizer', 'lr_at', 'rng_state', 'set_rng_state', 'gather_rng_states', 'optimizer_tensors',
+           'load_optimizer_state', 'save_checkpoint', 'latest_checkpoint', 'load_checkpoint', 'MetricsLogger',
+           'read_metrics', 'resolve_resume', 'check_resume_config', 'resume', 'resolve_precision', 'autocast_ctx',
+           'weights_in_sync', 'Built', 'Task', 'resolve_compile', 'fit', 'job_worker', 'run', 'describe_summary']
 
 # %% ../nbs/31_train.ipynb #47e8b61e
 @dataclass
@@ -55,7 +55,7 @@ class RunConfig:
     beta2: float = 0.99                  # AdamW beta2 (beta1: 0.9)
     clip_grad: float = 3.0               # max gradient norm (0: no clipping)
     precision: str = 'auto'              # 'auto' (bf16 on GPU and on CPUs with AMX-BF16, else fp32), 'bf16' or 'fp32'
-    compile: bool = False                # torch.compile the trained model
+    compile: str = 'auto'                # torch.compile the trained model: 'auto' (on GPU for runs of >= 5000 steps, never on CPU), 'on' or 'off'
     device: str = 'auto'                 # 'auto', 'cpu' or 'cuda'
     num_workers: int = 2                 # DataLoader workers per process
     nproc_per_node: int = 1              # processes per node (DDP when > 1: gloo on CPU, nccl on GPU)
@@ -88,6 +88,7 @@ def validate_common(cfg: RunConfig) -> RunConfig:
     check(cfg.num_workers >= 0, 'num_workers', f'must be >= 0, got {cfg.num_workers}')
     check(cfg.max_restarts >= 0, 'max_restarts', f'must be >= 0, got {cfg.max_restarts}')
     check(cfg.precision in ('auto', 'bf16', 'fp32'), 'precision', f"must be 'auto', 'bf16' or 'fp32', got {cfg.precision!r}")
+    check(cfg.compile in ('auto', 'on', 'off') or isinstance(cfg.compile, bool), 'compile', f"must be 'auto', 'on' or 'off', got {cfg.compile!r}")
     check(cfg.device in ('auto', 'cpu', 'cuda'), 'device', f"must be 'auto', 'cpu' or 'cuda', got {cfg.device!r}")
     check(cfg.device != 'cuda' or torch.cuda.is_available(), 'device', "'cuda' requested but no GPU is available")
     check(cfg.nnodes == 1 or bool(cfg.rdzv_endpoint and cfg.run_id), 'rdzv_endpoint', 'multi-node runs need rdzv_endpoint and run_id')
@@ -215,7 +216,9 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, beta
     for name, child in model.named_modules():
         if name and hasattr(child, 'no_weight_decay'): skip |= {f'{name}.{k}' for k in child.no_weight_decay()}
     groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=skip)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+    params = [p for g in groups for p in g['params']]
+    fused = all(p.device.type in ('cpu', 'cuda') and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
 
 def lr_at(step: int, lr: float, min_lr: float, warmup_steps: int, steps: int) -> float:
     "Linear warmup to `lr`, then cosine decay to `min_lr` at `steps`."
@@ -424,6 +427,19 @@ def _set_cpu_threads(device):
     cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
     torch.set_num_threads(max(1, cores // int(os.environ.get('LOCAL_WORLD_SIZE', 1))))
 
+AUTO_COMPILE_STEPS = 5000   # compile='auto' compiles a GPU run of at least this many steps
+
+def resolve_compile(compile, device: torch.device, steps: int) -> bool:
+    """Whether a run `torch.compile`s its model: 'on' / 'off' (or a bool), or 'auto': on CUDA for runs of at least
+    `AUTO_COMPILE_STEPS` steps, never on CPU. On 2 CPU cores the default VQ-KD step compiled ran at x0.99 the eager
+    speed after a 63 s compile (`benchmarks/vqkd_step.py --device cpu --img-size 160 --teacher-size 160 --batch-size 32
+    --configs fp32,fp32-compile`): the models here are matmul-bound, and there is nothing for it to win. On a GPU a
+    compile takes about a minute and saves a fraction of each step; `benchmarks/gpu_check.sh` prints after how many
+    steps it pays back, the figure this threshold should follow (not yet measured on a GPU: an estimate)."""
+    if isinstance(compile, bool): return compile
+    if compile != 'auto': return compile == 'on'
+    return device.type == 'cuda' and steps >= AUTO_COMPILE_STEPS
+
 def _setup(task: Task, cfg, device) -> tuple[Built, dict | None]:
     "Build, make the optimizer, resume (weights, optimizer, RNG, task state), wrap in DDP / compile."
     _set_cpu_threads(device)
@@ -434,7 +450,7 @@ def _setup(task: Task, cfg, device) -> tuple[Built, dict | None]:
     state = resume(cfg, built.model, built.optimizer, keys=DATA_KEYS + task.resume_keys)
     if state: task.load_extra_state(built, state['extra'])
     built.net = torch.nn.parallel.DistributedDataParallel(trained, **built.ddp) if is_dist() else trained
-    if cfg.compile: built.net = torch.compile(built.net)
+    if resolve_compile(cfg.compile, device, cfg.steps): built.net = torch.compile(built.net)
     return built, state
 
 # %% ../nbs/31_train.ipynb #998af0a5
@@ -460,7 +476,9 @@ def fit(task: Task, cfg) -> dict:
     device, out, world = resolve_device(cfg.device), Path(cfg.out_dir), get_world_size()
     precision = resolve_precision(cfg.precision, device)
     heap = device.type == 'cpu' and keep_freed_memory()          # large activations reuse freed pages (core.keep_freed_memory)
-    if is_main(): log.info('%s: precision %s (%s) on %s%s', task.name, precision, cfg.precision, device, ', freed memory kept' * heap)
+    if is_main(): log.info('%s: precision %s (%s), %s (compile %s) on %s%s', task.name, precision, cfg.precision,
+                           'compiled' if resolve_compile(cfg.compile, device, cfg.steps) else 'eager', cfg.compile,
+                           device, ', freed memory kept' * heap)
     built, state = _setup(task, cfg, device)
     start = state['step'] if state else 0
     position = state['positions'][get_rank()] if state else 0                  # items this rank's stream has drawn

@@ -31,6 +31,8 @@
 #   loader     benchmarks/loader.py: PIL / decode_jpeg decode, TwoViewTransform, DataLoader at 0/4/8 workers,
 #              make_loader, GPU decode_jpeg(device='cuda') + v2 ops; 1024 images, batch 128, 2 rounds
 #                                                                               75 s   ~60 s
+#   The compiled configurations' notes say after how many steps their compile pays back against bf16 eager: the
+#   figure train.AUTO_COMPILE_STEPS (compile='auto' on GPU) should follow.
 #   estimate ~6 min in all (process starts ~5 s each, most of the rest is the two compiles), budget 8 min.
 #   Run it through the device tool with timeout_s=600: the budget ends the parts by ~490 s and the table follows.
 # A bare GPU machine (the device tool's) lacks some pure-Python packages; fetch them here once into .whl (ignored by

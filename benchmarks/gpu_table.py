@@ -60,8 +60,18 @@ def step_rows(res: dict, what: str) -> list:
         ratio = '' if enc else 'baseline' if base is r else f"x{r['ips'] / base['ips']:.2f}"
         mfu = f"{r['mfu']:.1%}" if 'mfu' in r else na('CPU: no peak' if not cuda else 'no FLOP count')
         rows.append((label, conf, f"{r['ips']:.1f} img/s", mem(r, cuda), ratio, mfu,
-                     f"first step {r['first_step_s']:.1f} s"))
+                     f"first step {r['first_step_s']:.1f} s" + payback(name, r, res['configs'], res['batch_size'])))
     return rows
+
+
+def payback(name: str, r: dict, configs: dict, batch: int) -> str:
+    """For a compiled configuration: after how many steps its compile (the first step's extra time) is won back
+    against the eager configuration of the same precision and batch; what `train.AUTO_COMPILE_STEPS` should follow."""
+    eager = configs.get(name[:-len('-compile')]) if name.endswith('-compile') else None
+    if not eager or 'ips' not in eager: return ''
+    step_c, step_e = batch / r['ips'], batch / eager['ips']             # median seconds per step
+    if step_c >= step_e: return '; no faster than eager: never pays back'
+    return f"; pays back after {(r['first_step_s'] - step_c) / (step_e - step_c):.0f} steps"
 
 
 def mim_rows(res: dict) -> list: return step_rows(res, f"{res['model']} + {res['tokenizer']} @ {res['img_size']}")

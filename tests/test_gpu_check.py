@@ -55,8 +55,10 @@ def test_smoke_table_has_a_figure_for_every_part(smoke):
     assert confs('iBOT loss step') == ['ours (beitv2_lab.ibot)', 'lightly']
     assert any(c.startswith('ImageFolder + TwoViewTransform loader') for c in confs('loader'))
     assert any(c.startswith('cpu batched tensors: read files + decode_jpeg') for c in confs('loader'))
-    for p in ('MIM step', 'VQ-KD step'):                     # compiled configs: their first step is the compile
-        assert all(re.match(r'^first step \d+\.\d s$', r['notes']) for r in parts[p])
+    for p in ('MIM step', 'VQ-KD step'):                     # compiled configs: their first step is the compile,
+        for r in parts[p]:                                   # won back after so many steps against bf16 eager
+            tail = r'; (pays back after \d+ steps|no faster than eager: never pays back)' if 'compile' in r['configuration'] else ''
+            assert re.match(rf'^first step \d+\.\d s{tail}$', r['notes']), r
     assert 'parts: mim ok' in out.stdout and 'loader ok' in out.stdout
 
 
