@@ -55,7 +55,7 @@ class RunConfig:
     beta2: float = 0.99                  # AdamW beta2 (beta1: 0.9)
     clip_grad: float = 3.0               # max gradient norm (0: no clipping)
     precision: str = 'auto'              # 'auto' (bf16 on GPU and on CPUs with AMX-BF16, else fp32), 'bf16' or 'fp32'
-    compile: str = 'auto'                # torch.compile the trained model: 'auto' (on GPU for runs of >= 5000 steps, never on CPU), 'on' or 'off'
+    compile: str = 'auto'                # torch.compile the trained model: 'auto' (on GPU for runs of 5000 steps or more, never on CPU), 'on' or 'off'
     device: str = 'auto'                 # 'auto', 'cpu' or 'cuda'
     num_workers: int = 2                 # DataLoader workers per process
     nproc_per_node: int = 1              # processes per node (DDP when > 1: gloo on CPU, nccl on GPU)
