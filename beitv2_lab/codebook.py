@@ -9,11 +9,11 @@ import logging
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from .core import default, l2norm
+from .distrib import all_reduce_sum_, broadcast_, get_rank, is_dist
 
 _log = logging.getLogger(__name__)
 
@@ -23,21 +23,19 @@ __all__ = ['nearest_code', 'batch_stats', 'kmeans_cosine', 'EmbeddingEMA', 'Norm
 # %% ../nbs/11_codebook.ipynb #4c26ec72
 def _check_sync(sync: bool):
     "Raise if `sync` is asked for but there is no process group to sync over."
-    if sync and not (dist.is_available() and dist.is_initialized()):
+    if sync and not is_dist():
         raise RuntimeError('NormEMAVectorQuantizer(sync=True) needs an initialised torch.distributed process group '
                            '(call dist.init_process_group first), or pass sync=False for a single process')
 
 def _all_reduce(t: torch.Tensor, sync: bool) -> torch.Tensor:
     "Sum `t` over ranks in place when `sync`; identity otherwise."
-    if sync: dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
+    return all_reduce_sum_(t) if sync else t
 
 def _broadcast(t: torch.Tensor, sync: bool) -> torch.Tensor:
     "Overwrite `t` with rank 0's copy when `sync`."
-    if sync: dist.broadcast(t, src=0)
-    return t
+    return broadcast_(t, src=0) if sync else t
 
-def _is_rank0(sync: bool) -> bool: return not sync or dist.get_rank() == 0
+def _is_rank0(sync: bool) -> bool: return not sync or get_rank() == 0
 
 # %% ../nbs/11_codebook.ipynb #174e9201
 @torch.no_grad()

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'is_dist', 'get_rank', 'get_world_size', 'is_main', 'resolve_device', 'init_distributed', 'cleanup',
-           'node_info', 'all_reduce_mean', 'all_reduce_sum', 'gather', 'tensors_in_sync', 'free_port', 'launch']
+           'node_info', 'all_reduce_mean', 'all_reduce_sum', 'all_reduce_sum_', 'broadcast_', 'gather',
+           'tensors_in_sync', 'free_port', 'launch']
 
 # %% ../nbs/30_distrib.ipynb #710e418e
 def is_dist() -> bool:
@@ -92,6 +93,14 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     "Sum of `t` over ranks (a no-op outside DDP)."
     if not is_dist(): return t
     t = t.clone(); dist.all_reduce(t); return t
+
+def all_reduce_sum_(t: torch.Tensor) -> torch.Tensor:
+    "Sum `t` over ranks in place and return it (collective; needs a process group, unlike `all_reduce_sum`)."
+    dist.all_reduce(t, op=dist.ReduceOp.SUM); return t
+
+def broadcast_(t: torch.Tensor, src: int = 0) -> torch.Tensor:
+    "Overwrite `t` in place with rank `src`'s copy and return it (collective; needs a process group)."
+    dist.broadcast(t, src=src); return t
 
 def gather(obj) -> list:
     "Every rank's `obj` (picklable), in rank order (collective in DDP)."

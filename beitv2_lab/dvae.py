@@ -12,13 +12,13 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from fastcore.basics import patch
 from torch import nn
 
 from .codebook import perplexity
 from .core import load_tagged, save_tagged
+from .distrib import all_reduce_sum_, is_dist
 from .tokenizer import tokenizer_header
 
 _log = logging.getLogger(__name__)
@@ -178,9 +178,9 @@ def count_tokens(self: DiscreteVAE, tok_ids: torch.Tensor):
     "Add one training step's token counts to the usage window: summed over all ranks when `sync` (a collective)."
     counts = torch.bincount(tok_ids.flatten(), minlength=self.codebook_size)       # [K]
     if self.sync:
-        if not (dist.is_available() and dist.is_initialized()):
+        if not is_dist():
             raise RuntimeError('DiscreteVAE.sync=True needs an initialised torch.distributed process group; set sync=False for one process')
-        dist.all_reduce(counts)
+        all_reduce_sum_(counts)
     self.window_usage += counts
 
 @patch
