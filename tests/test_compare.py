@@ -1,17 +1,15 @@
 """The target comparison runs every method through papermill with tiny parameters, writes its table, and resumes."""
 import json
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from nb_utils import n_images, run_notebook
+
 TINY = dict(img_size=32, steps=2, batch_size=4, tokenizer_steps=2, codebook_size=64, n_embedded=32, pools='cls', num_workers=0)
 
 
 def test_compare_template_every_method(tmp_path):
-    import papermill as pm
     from beitv2_lab.compare import METHODS
-    out_nb, out = tmp_path/'out.ipynb', tmp_path/'cmp'
-    pm.execute_notebook(str(REPO/'nbs'/'compare_targets.ipynb'), str(out_nb), cwd=str(tmp_path), kernel_name='python3',
-                        progress_bar=False, parameters=dict(TINY, out_dir=str(out)))
+    out = tmp_path/'cmp'
+    cells = run_notebook('compare_targets', tmp_path/'out.ipynb', **TINY, out_dir=str(out))
     rows = json.loads((out/'results.json').read_text())
     assert [r['method'] for r in rows] == list(METHODS)
     for r in rows:
@@ -21,14 +19,12 @@ def test_compare_template_every_method(tmp_path):
     assert sorted(tok) == ['dvae', 'ibot', 'vqkd'] and all(0 < r['heldout_perplexity'] for r in tok.values())
     assert tok['vqkd']['target_stage_wall_s'] > 0 and tok['dvae']['target_stage_wall_s'] > 0
     assert (out/'results.csv').read_text().splitlines()[0].startswith('method,target,')
-    cells = json.loads(out_nb.read_text())['cells']
-    assert sum('image/png' in o.get('data', {}) for c in cells for o in c.get('outputs', [])) >= 3
+    assert n_images(cells) >= 3
     # an interrupted comparison resumes: delete one method's result, rerun (two methods, to keep the test short):
     # only that method trains again, the other is skipped and its probes come out the same
     mtimes = {p: p.stat().st_mtime for p in out.glob('*/timing.json')}
     (out/'hog'/'summary.json').unlink()
-    pm.execute_notebook(str(REPO/'nbs'/'compare_targets.ipynb'), str(tmp_path/'again.ipynb'), cwd=str(tmp_path),
-                        kernel_name='python3', progress_bar=False, parameters=dict(TINY, out_dir=str(out), methods='pixels,hog'))
+    run_notebook('compare_targets', tmp_path/'again.ipynb', **TINY, out_dir=str(out), methods='pixels,hog')
     changed = sorted(p.parent.name for p in out.glob('*/timing.json') if p.stat().st_mtime != mtimes[p])
     assert changed == ['hog'], changed
     again = {r['method']: r for r in json.loads((out/'results.json').read_text())}

@@ -1,14 +1,10 @@
 """The evaluation template runs through papermill with tiny parameters and reports every backbone."""
-import json
-from pathlib import Path
-
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from nb_utils import markdown_text, n_images, run_notebook
 
 
 def test_eval_template(tmp_path):
-    import papermill as pm
     from beitv2_lab.mim import create_mim
     from beitv2_lab.tokenizer import create_tokenizer, save_tokenizer
     from beitv2_lab.task_mim import save_mim
@@ -16,14 +12,11 @@ def test_eval_template(tmp_path):
     save_tokenizer(create_tokenizer('vqkd_tiny', img_size=32, codebook_size=64), tmp_path/'tok.safetensors')
     (tmp_path/'mimrun').mkdir()
     save_mim(create_mim('beitv2_tiny_patch16_224', img_size=32, head_dim=64), tmp_path/'mimrun'/'mim.safetensors')
-    out = tmp_path/'out.ipynb'
-    pm.execute_notebook(str(REPO/'nbs'/'eval.ipynb'), str(out), cwd=str(tmp_path), kernel_name='python3', progress_bar=False,
-                        parameters=dict(mim=str(tmp_path/'mimrun'/'mim.safetensors'), tokenizer=str(tmp_path/'tok.safetensors'),
-                                        img_size=32, n_embedded=40, num_workers=0, pools='cls',
-                                        finetune_epochs=1, finetune_batch_size=16))
-    cells = json.loads(out.read_text())['cells']
-    texts = ''.join(''.join(o.get('data', {}).get('text/markdown', '')) for c in cells for o in c.get('outputs', []))
+    cells = run_notebook('eval', tmp_path/'out.ipynb', mim=str(tmp_path/'mimrun'/'mim.safetensors'),
+                         tokenizer=str(tmp_path/'tok.safetensors'), img_size=32, n_embedded=40, num_workers=0, pools='cls',
+                         finetune_epochs=1, finetune_batch_size=16)
+    texts = markdown_text(cells)
     for name in ('| mimrun | cls |', '| random init | cls |', '| tokenizer codes | histogram |'):
         assert name in texts, texts
     assert '| mimrun |' in texts.split('fine-tuned 1 epoch(s)')[-1], texts   # the fine-tune table
-    assert any('image/png' in o.get('data', {}) for c in cells for o in c.get('outputs', []))
+    assert n_images(cells) >= 1

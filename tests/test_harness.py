@@ -20,8 +20,8 @@ from beitv2_lab.distrib import free_port
 from beitv2_lab.task_mim import MIMConfig
 from beitv2_lab.task_vqkd import VQKDConfig, VQKDTask
 from beitv2_lab.train import describe_summary, latest_checkpoint, read_metrics, run
+from nb_utils import REPO, run_notebook
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = dict(teacher='hog', model='vqkd_tiny', img_size=32, teacher_size=32, codebook_size=64, code_dim=8, batch_size=8,
             warmup_steps=2, n_embedded=256, num_workers=0, progress=False)
 DDP = dict(TINY, steps=24, ckpt_every=4, log_every=4)      # long enough after step 4 to kill a worker mid-run
@@ -63,13 +63,10 @@ def ddp_reference(tmp_path_factory):
 
 def test_typo_parameter_fails_naming_the_closest_field(tmp_path):
     "A misspelt papermill parameter stops the notebook before training, naming the closest field."
-    import papermill as pm
     from papermill.exceptions import PapermillExecutionError
     rdir = tmp_path/'run'
-    params = dict(TINY, steps=4, out_dir=str(rdir), stpes=3)
     with pytest.raises(PapermillExecutionError) as e:
-        pm.execute_notebook(str(REPO/'nbs'/'train_vqkd.ipynb'), str(tmp_path/'out.ipynb'), parameters=params,
-                            cwd=str(tmp_path), kernel_name='python3', progress_bar=False)
+        run_notebook('train_vqkd', tmp_path/'out.ipynb', **TINY, steps=4, out_dir=str(rdir), stpes=3)
     assert e.value.ename == 'ValueError', e.value.ename
     assert "'stpes'" in e.value.evalue and "did you mean 'steps'" in e.value.evalue, e.value.evalue
     assert not (rdir/'tokenizer.safetensors').exists() and not (rdir/'checkpoints').exists()

@@ -1,7 +1,6 @@
 """End-to-end tests of dVAE training (BEiT v1 stage 1) and of BEiT v1 MIM on a dVAE: the papermill templates,
 2-process DDP on gloo, resume after a kill, and parameters refused before any compute."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,30 +8,23 @@ import torch
 from beitv2_lab.dvae import create_dvae, load_dvae
 from beitv2_lab.task_dvae import DVAEConfig, DVAETask
 from beitv2_lab.train import load_checkpoint, read_metrics, run
+from nb_utils import n_images, run_notebook
 from kill_utils import kill_after_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = dict(model='dvae_tiny', img_size=32, codebook_size=64, batch_size=4, warmup_steps=1, n_embedded=64, eval_images=8,
             num_workers=0, progress=False)
 
 
-def _images(nb_path: Path) -> int:
-    nb = json.loads(nb_path.read_text())
-    return sum('image/png' in o.get('data', {}) for c in nb['cells'] if c['cell_type'] == 'code' for o in c.get('outputs', []))
-
-
 def test_papermill_template(tmp_path):
     "The training notebook runs end to end through papermill with tiny parameters and plots at the end."
-    import papermill as pm
-    out_nb, rdir = tmp_path/'out.ipynb', tmp_path/'run'
-    params = dict(TINY, steps=6, temperature_steps=6, kl_warmup_steps=3, log_every=2, ckpt_every=3, out_dir=str(rdir))
-    pm.execute_notebook(str(REPO/'nbs'/'train_dvae.ipynb'), str(out_nb), parameters=params, cwd=str(tmp_path),
-                        kernel_name='python3', progress_bar=False)
+    rdir = tmp_path/'run'
+    cells = run_notebook('train_dvae', tmp_path/'out.ipynb', **TINY, steps=6, temperature_steps=6, kl_warmup_steps=3,
+                         log_every=2, ckpt_every=3, out_dir=str(rdir))
     assert load_dvae(rdir/'dvae.safetensors').codebook_size == 64
     assert [r['step'] for r in read_metrics(rdir)] == [2, 4, 6]
     summary = json.loads((rdir/'summary.json').read_text())
     assert summary['eval_n_images'] == 8 and summary['eval_psnr'] > 0
-    assert _images(out_nb) >= 4, 'expected the curves, the reconstructions, the usage histogram and the code images'
+    assert n_images(cells) >= 4, 'expected the curves, the reconstructions, the usage histogram and the code images'
 
 
 def test_ddp_two_processes_share_usage_and_weights(tmp_path):
@@ -77,7 +69,6 @@ def test_bad_parameters_fail_before_compute(tmp_path):
 def test_beit_v1_mim_on_a_dvae(tmp_path):
     """BEiT v1 = MIM with a dVAE tokenizer: pretrain_mim.ipynb with a dVAE file, v1 masks, no patch aggregation and
     drop path 0.1; the backbone view is twice the dVAE's resolution (8x codes on a 16-px patch grid)."""
-    import papermill as pm
     from beitv2_lab.task_mim import MIMConfig, MIMTask, load_mim
     torch.manual_seed(0)
     tok = create_dvae('dvae_tiny', img_size=16, codebook_size=64).save(tmp_path/'dvae.safetensors')   # a 2x2 code grid
@@ -85,13 +76,12 @@ def test_beit_v1_mim_on_a_dvae(tmp_path):
     params = dict(tokenizer=str(tok), mask_mode='v1', patch_aggregation=False, drop_path_rate=0.1, img_size=32, steps=2,
                   batch_size=4, warmup_steps=1, n_embedded=32, num_workers=0, log_every=1, ckpt_every=2, progress=False,
                   out_dir=str(rdir))
-    pm.execute_notebook(str(REPO/'nbs'/'pretrain_mim.ipynb'), str(out_nb), parameters=params, cwd=str(tmp_path),
-                        kernel_name='python3', progress_bar=False)
+    cells = run_notebook('pretrain_mim', out_nb, **params)
     mim = load_mim(rdir/'mim.safetensors')
     assert mim.head_dim == 64 and mim.config['patch_aggregation'] is False   # K from the dVAE, BEiT v1's head
     rows = read_metrics(rdir)
     assert [r['step'] for r in rows] == [1, 2] and all(0 <= r['acc_main'] <= 1 for r in rows)
     assert 'loss_agg' not in rows[-1]
-    assert (rdir/'backbone.safetensors').exists() and _images(out_nb) >= 2
+    assert (rdir/'backbone.safetensors').exists() and n_images(cells) >= 2
     with pytest.raises(ValueError, match='set img_size=32'):             # 4x the dVAE's resolution: grids differ
         run(MIMTask(), MIMConfig(**{k: v for k, v in params.items() if k != 'img_size'}, img_size=16 * 4))

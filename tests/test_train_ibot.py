@@ -1,8 +1,6 @@
 """End-to-end tests of iBOT pretraining: the papermill template, 2-process DDP on gloo (teacher and centres identical on
 every rank), resume after a kill, bad parameters, and the online tokenizer file in the gallery and the code probe."""
-import json
 import os
-from pathlib import Path
 
 # OpenMP threads that sleep rather than spin while they wait (set before torch starts its thread pool; inherited by the
 # spawned workers): on a busy 2-core host the loop's 2 threads plus data workers otherwise slow each other down
@@ -15,9 +13,9 @@ from safetensors.torch import load_file
 
 from beitv2_lab.task_ibot import IBOTConfig, IBOTTask
 from beitv2_lab.train import read_metrics, run
+from nb_utils import n_images, run_notebook
 from kill_utils import kill_after_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = dict(global_size=32, local_size=16, n_local=2, out_dim=64, hidden_dim=64, bottleneck_dim=16, batch_size=4, warmup_steps=1,
             teacher_temp_warmup_steps=2, freeze_last_layer=1, n_embedded=64, num_workers=0, progress=False)
 
@@ -39,16 +37,11 @@ def trained(tmp_path_factory):
 
 def test_papermill_template(tmp_path):
     "The pretraining notebook runs end to end through papermill with tiny parameters and plots at the end."
-    import papermill as pm
-    out_nb, rdir = tmp_path/'out.ipynb', tmp_path/'run'
-    params = dict(TINY, steps=2, log_every=1, ckpt_every=2, out_dir=str(rdir))
-    pm.execute_notebook(str(REPO/'nbs'/'pretrain_ibot.ipynb'), str(out_nb), parameters=params, cwd=str(tmp_path),
-                        kernel_name='python3', progress_bar=False)
+    rdir = tmp_path/'run'
+    cells = run_notebook('pretrain_ibot', tmp_path/'out.ipynb', **TINY, steps=2, log_every=1, ckpt_every=2, out_dir=str(rdir))
     assert {'ibot.safetensors', 'backbone.safetensors', 'tokenizer.safetensors'} <= {p.name for p in rdir.iterdir()}
     assert [r['step'] for r in read_metrics(rdir)] == [1, 2]
-    nb = json.loads(out_nb.read_text())
-    images = [o for c in nb['cells'] if c['cell_type'] == 'code' for o in c.get('outputs', []) if 'image/png' in o.get('data', {})]
-    assert len(images) >= 4, 'expected the loss curves, two panels of collapse monitors and the crops with masks'
+    assert n_images(cells) >= 4, 'expected the loss curves, two panels of collapse monitors and the crops with masks'
 
 
 class DivergingCentre(IBOTTask):

@@ -1,6 +1,4 @@
 """End-to-end tests of BEiT v2 MIM pretraining: the papermill template and 2-process DDP on gloo."""
-import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -8,8 +6,8 @@ import torch
 from beitv2_lab.tokenizer import create_tokenizer, save_tokenizer
 from beitv2_lab.task_mim import MIMConfig, MIMTask, load_mim
 from beitv2_lab.train import load_checkpoint, read_metrics, run
+from nb_utils import n_images, run_notebook
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = dict(model='beitv2_tiny_patch16_224', img_size=32, batch_size=4, warmup_steps=1, n_embedded=32, num_workers=0,
             progress=False)
 
@@ -23,17 +21,13 @@ def tokenizer(tmp_path):
 
 def test_papermill_template(tmp_path, tokenizer):
     "The pretraining notebook runs end to end through papermill with tiny parameters and plots at the end."
-    import papermill as pm
-    out_nb, rdir = tmp_path/'out.ipynb', tmp_path/'run'
-    params = dict(TINY, tokenizer=tokenizer, steps=2, log_every=1, ckpt_every=2, out_dir=str(rdir))
-    pm.execute_notebook(str(REPO/'nbs'/'pretrain_mim.ipynb'), str(out_nb), parameters=params, cwd=str(tmp_path),
-                        kernel_name='python3', progress_bar=False)
+    rdir = tmp_path/'run'
+    cells = run_notebook('pretrain_mim', tmp_path/'out.ipynb', **TINY, tokenizer=tokenizer, steps=2, log_every=1,
+                         ckpt_every=2, out_dir=str(rdir))
     assert (rdir/'backbone.safetensors').exists() and (rdir/'mim.safetensors').exists()
     assert load_mim(rdir/'mim.safetensors').head_dim == 64          # K taken from the tokenizer
     assert [r['step'] for r in read_metrics(rdir)] == [1, 2]
-    nb = json.loads(out_nb.read_text())
-    images = [o for c in nb['cells'] if c['cell_type'] == 'code' for o in c.get('outputs', []) if 'image/png' in o.get('data', {})]
-    assert len(images) >= 2, 'expected the curves and the masks'
+    assert n_images(cells) >= 2, 'expected the curves and the masks'
 
 
 def test_ddp_two_processes_keep_weights_identical(tmp_path, tokenizer):

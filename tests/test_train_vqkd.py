@@ -1,6 +1,4 @@
 """End-to-end tests of VQ-KD training: the papermill template, 2-process DDP on gloo, and resume after a kill."""
-import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -8,25 +6,20 @@ from safetensors.torch import load_file
 
 from beitv2_lab.task_vqkd import VQKDConfig, VQKDTask
 from beitv2_lab.train import load_checkpoint, read_metrics, run
+from nb_utils import n_images, run_notebook
 from kill_utils import kill_after_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = dict(teacher='hog', model='vqkd_tiny', img_size=32, teacher_size=32, codebook_size=64, code_dim=8, batch_size=8,
             warmup_steps=2, n_embedded=256, num_workers=0, progress=False)
 
 
 def test_papermill_template(tmp_path):
     "The training notebook runs end to end through papermill with tiny parameters and plots at the end."
-    import papermill as pm
-    out_nb, rdir = tmp_path/'out.ipynb', tmp_path/'run'
-    params = dict(TINY, steps=6, log_every=2, ckpt_every=3, out_dir=str(rdir))
-    pm.execute_notebook(str(REPO/'nbs'/'train_vqkd.ipynb'), str(out_nb), parameters=params, cwd=str(tmp_path),
-                        kernel_name='python3', progress_bar=False)
+    rdir = tmp_path/'run'
+    cells = run_notebook('train_vqkd', tmp_path/'out.ipynb', **TINY, steps=6, log_every=2, ckpt_every=3, out_dir=str(rdir))
     assert (rdir/'tokenizer.safetensors').exists()
     assert [r['step'] for r in read_metrics(rdir)] == [2, 4, 6]
-    nb = json.loads(out_nb.read_text())
-    images = [o for c in nb['cells'] if c['cell_type'] == 'code' for o in c.get('outputs', []) if 'image/png' in o.get('data', {})]
-    assert len(images) >= 3, 'expected the curves, the usage histogram and the code patches'
+    assert n_images(cells) >= 3, 'expected the curves, the usage histogram and the code patches'
 
 
 def test_ddp_two_processes_keep_codebooks_identical(tmp_path):
