@@ -37,6 +37,12 @@ def reset_hwm():
     with open('/proc/self/clear_refs', 'w') as f: f.write('5')   # Linux >= 4.0: VmHWM := current RSS
 
 
+def memory_note(m: dict) -> str:
+    "The RSS and high-water mark a CPU memory worker started from (`rss_before`, `hwm_before`), if it recorded them."
+    if 'rss_before' not in m: return ''
+    return f"  [rss before {m['rss_before'] / 2**20:.0f} MiB, high-water before {m['hwm_before'] / 2**20:.0f} MiB]"
+
+
 def task_step(task, net, frozen: dict, opt, batch: dict, dev, precision: str) -> torch.Tensor:
     "One step as `train._train_step` takes it (minus lr schedule and clipping): `task.step` under autocast, backward, AdamW."
     from beitv2_lab.train import Built, autocast_ctx

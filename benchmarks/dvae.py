@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -47,6 +46,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]   # benchmark the working tree's beitv2_lab
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import memory_note, rss_bytes, sync  # noqa: E402
 IMPLS = ('beitv2_lab', 'dalle_pytorch')
 KL_WEIGHT = 6.6
 
@@ -97,10 +98,6 @@ def step(model, opt, images, impl: str):
     opt.step()
 
 
-def rss_bytes() -> int:
-    with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
-
-
 def maxrss_bytes() -> int: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
@@ -127,10 +124,6 @@ def images(a, dev, b=None) -> torch.Tensor: return torch.rand(b or a.batch_size,
 def feed(a, x, impl: str) -> torch.Tensor:
     "The batch as `impl` gets it: NHWC for theirs with `--theirs-channels-last` (ours converts inside its forward)."
     return x.contiguous(memory_format=torch.channels_last) if impl == 'dalle_pytorch' and a.theirs_channels_last else x
-
-
-def sync(dev):
-    if dev.type == 'cuda': torch.cuda.synchronize()
 
 
 def mem_worker(a) -> dict:
@@ -216,10 +209,8 @@ def main():
     times = run_worker(a, 'time')
     for impl in IMPLS:
         m, t = mem[impl], times[impl]
-        extra = (f"  [rss before {m['rss_before'] / 2**20:.0f} MiB, high-water before {m['hwm_before'] / 2**20:.0f} MiB]"
-                 if 'rss_before' in m else '')
         print(f"{impl:14s} {m['params'] / 1e6:7.2f}M params {m['flops'] / 1e9:7.2f} GFLOP/step  {statistics.median(t) * 1e3:8.1f} ms "
-              f"(min {min(t) * 1e3:.1f}, max {max(t) * 1e3:.1f})   peak {m['peak_bytes'] / 2**20:8.1f} MiB{extra}")
+              f"(min {min(t) * 1e3:.1f}, max {max(t) * 1e3:.1f})   peak {m['peak_bytes'] / 2**20:8.1f} MiB{memory_note(m)}")
     ours_t, ref_t = (statistics.median(times[i]) for i in IMPLS)
     print(f"ratio ours/theirs: step time {ours_t / ref_t:.2f}x, peak memory "
           f"{mem['beitv2_lab']['peak_bytes'] / mem['dalle_pytorch']['peak_bytes']:.2f}x, "

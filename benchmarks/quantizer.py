@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import emit, env_info, hwm_bytes, reset_hwm, rss_bytes, run_worker, serve   # noqa: E402
+from _bench import emit, env_info, hwm_bytes, memory_note, reset_hwm, rss_bytes, run_worker, serve   # noqa: E402
 
 PEER = 'vector_quantize_pytorch'
 IMPLS = ('beitv2_lab',) + ((PEER,) if importlib.util.find_spec(PEER) else ())   # the peer only where installed
@@ -141,10 +141,8 @@ def main():
         out[dev] = {impl: dict(median_s=statistics.median(times[impl]), **mem[impl]) for impl in IMPLS}
         for impl in IMPLS:
             m, t = mem[impl], times[impl]
-            extra = (f"  [rss before {m['rss_before'] / 2**20:.0f} MiB, high-water before {m['hwm_before'] / 2**20:.0f} MiB]"
-                     if 'rss_before' in m else '')
             print(f"{dev:4s} {impl:24s} {statistics.median(t) * 1e3:8.1f} ms (min {min(t) * 1e3:.1f}, "
-                  f"max {max(t) * 1e3:.1f})   peak {m['peak_bytes'] / 2**20:8.1f} MiB{extra}")
+                  f"max {max(t) * 1e3:.1f})   peak {m['peak_bytes'] / 2**20:8.1f} MiB{memory_note(m)}")
         if PEER not in IMPLS: continue
         ours, ref = IMPLS
         print(f"{dev:4s} speed-up {statistics.median(times[ref]) / statistics.median(times[ours]):.2f}x (target >= 3x)   "
