@@ -39,14 +39,15 @@ def resolve_device(device: str = 'auto') -> torch.device:
 
 # %% ../nbs/30_distrib.ipynb #e31a7dde
 def _group_store(timeout: timedelta):
-    """Under torch elastic, the agent's store with a prefix for this restart of the worker group, else None (env://).
+    """Under torch elastic's shared store, that store with a prefix for this restart of the worker group; else None.
 
-    Torch elastic keeps one store server for the whole job and lets every restarted group meet in it without a prefix,
-    so the new group's gloo (or nccl) handshake can read the dead group's addresses and dial ports nobody listens on:
-    'Connection refused', or a mesh that never connects. A prefix per restart (what torch did before it shared the
-    store) gives every group fresh keys. The prefix is torch elastic's restart count, which each node's agent advances
-    when a failure stops its group (one node restarted only to admit a new member would not: elastic membership
-    changes are not supported here).
+    By default torch elastic keeps one store server for the whole job and lets every restarted group meet in it
+    without a prefix, so the new group's gloo (or nccl) handshake can read the dead group's addresses and dial ports
+    nobody listens on: 'Connection refused', or a mesh that never connects. `launch` opts out of that sharing (a fresh
+    store per rendezvous round, so this returns None); for jobs started otherwise (e.g. `torchrun`), a prefix per
+    restart (what torch did before it shared the store) gives every group fresh keys. The prefix is the restart count,
+    which each node's agent advances when a failure stops its group; a node restarted only to admit a new member
+    would not advance it (elastic membership changes are not supported here).
     """
     if os.environ.get('TORCHELASTIC_USE_AGENT_STORE') != str(True): return None
     store = dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), int(os.environ['WORLD_SIZE']),
@@ -142,11 +143,19 @@ def launch(fn,                          # importable function run on every worke
                        rdzv_backend='c10d', rdzv_endpoint=rdzv_endpoint or f'127.0.0.1:{free_port()}',
                        max_restarts=max_restarts, monitor_interval=0.1, start_method='spawn')
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    # a fresh store for every rendezvous round, hosted by the group's rank 0 (torch's opt-out of one store shared by
+    # all restarts): a restarted group never meets the killed group's keys, on any node (see `_group_store`)
+    saved = os.environ.get(_FRESH_STORE)
+    os.environ.setdefault(_FRESH_STORE, '1')
     try: results = elastic_launch(cfg, fn)(*args)
     except ChildFailedError as e:                   # name the worker's own error, not only the launcher's
         rank, failure = e.get_first_failure()
         raise RuntimeError(f'worker rank {rank} failed: {_failure_message(failure)}') from e
+    finally:
+        if saved is None: os.environ.pop(_FRESH_STORE, None)
     return results[min(results)] if isinstance(results, dict) and results else results
+
+_FRESH_STORE = 'TORCH_DISABLE_SHARE_RDZV_TCP_STORE'   # read by torch elastic's c10d rendezvous in the launching process
 
 def _failure_message(failure) -> str:
     "The worker's exception message from an elastic `ProcessFailure` (its error file), else its exit code."

@@ -215,25 +215,30 @@ def worker_pids(pid: int) -> list[int]:
     return sorted(found)
 
 class ResumeRecorder(NodeThreads):
-    "`NodeThreads`, plus a line in `out_dir/resumed.txt` naming the checkpoint each worker resumes from."
+    "`NodeThreads`, plus a line in `out_dir/resumed.txt`: the worker, the checkpoint it resumes from, its store mode."
     def build(self, cfg, device):
         self.out_dir = Path(cfg.out_dir); return super().build(cfg, device)
     def load_extra_state(self, built, tensors):              # called by the loop only when it resumes
         from beitv2_lab.distrib import get_rank
-        with open(self.out_dir/'resumed.txt', 'a') as f: f.write(f'rank {get_rank()} {latest_checkpoint(self.out_dir).name}\n')
+        shared = os.environ.get('TORCHELASTIC_USE_AGENT_STORE')              # 'True': torch elastic's shared store
+        with open(self.out_dir/'resumed.txt', 'a') as f: f.write(f'rank {get_rank()} {latest_checkpoint(self.out_dir).name} {shared}\n')
         super().load_extra_state(built, tensors)
 
-def test_worker_killed_restarts_and_resumes_bit_identical(tmp_path, ddp_reference):
+@pytest.mark.parametrize('shared_store', [False, True], ids=['fresh-store-per-round', 'shared-store-prefixed'])
+def test_worker_killed_restarts_and_resumes_bit_identical(tmp_path, ddp_reference, shared_store):
     """SIGKILL one of 2 workers after the first checkpoint: torch elastic (max_restarts=1) restarts the group, which
     resumes from the latest checkpoint and ends bit-identical to the uninterrupted run. One restart must be enough:
-    the restarted group meets in a store prefix of its own (before that, it read the killed group's gloo addresses)."""
+    the restarted group meets in a store of its own, fresh per rendezvous round (what `launch` asks torch for) or, with
+    torch's shared store (as under a plain `torchrun`), under a prefix per restart; with neither it read the killed
+    group's gloo addresses and never connected."""
     rdir = tmp_path/'run'
     code = (f"import sys, logging; sys.path.insert(0, {str(REPO/'tests')!r}); logging.basicConfig(level=logging.INFO); "
             f"from test_harness import ResumeRecorder; from beitv2_lab.task_vqkd import VQKDConfig; from beitv2_lab.train import run; "
             f"run(ResumeRecorder(), VQKDConfig(**{DDP!r}), nproc_per_node=2, max_restarts=1, out_dir={str(rdir)!r})")
     log = open(tmp_path/'launcher.log', 'w')
     proc = subprocess.Popen([sys.executable, '-c', code], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, env=dict(passive_env(), BEITV2_LAB_CONNECT_TIMEOUT='30'))
+                            start_new_session=True, env=dict(passive_env(), BEITV2_LAB_CONNECT_TIMEOUT='30',
+                                                             TORCH_DISABLE_SHARE_RDZV_TCP_STORE='0' if shared_store else '1'))
     try:
         deadline = time.time() + 300                      # generous: a loaded 2-core CI machine starts 2 workers slowly
         while not (rdir/'checkpoints'/'step_0000004').exists():
@@ -250,6 +255,7 @@ def test_worker_killed_restarts_and_resumes_bit_identical(tmp_path, ddp_referenc
     assert proc.returncode == 0, text[-4000:]
     resumed = sorted((rdir/'resumed.txt').read_text().splitlines())
     assert [l.split()[1] for l in resumed] == ['0', '1'], resumed        # both workers of the new group resumed, once
+    assert {l.split()[3] for l in resumed} == {str(shared_store)}, resumed  # in the store mode under test
     assert len({l.split()[2] for l in resumed}) == 1 and 'step_0000004' <= resumed[0].split()[2] < 'step_0000024', resumed
     assert same_weights(rdir/'tokenizer.safetensors', ddp_reference/'tokenizer.safetensors')
     assert strip_speed(read_metrics(rdir)) == strip_speed(read_metrics(ddp_reference))
