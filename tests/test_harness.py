@@ -235,10 +235,12 @@ def test_worker_killed_restarts_and_resumes_bit_identical(tmp_path, ddp_referenc
     code = (f"import sys, logging; sys.path.insert(0, {str(REPO/'tests')!r}); logging.basicConfig(level=logging.INFO); "
             f"from test_harness import ResumeRecorder; from beitv2_lab.task_vqkd import VQKDConfig; from beitv2_lab.train import run; "
             f"run(ResumeRecorder(), VQKDConfig(**{DDP!r}), nproc_per_node=2, max_restarts=1, out_dir={str(rdir)!r})")
+    env = dict(passive_env(), BEITV2_LAB_CONNECT_TIMEOUT='30')
+    env.pop('TORCH_DISABLE_SHARE_RDZV_TCP_STORE', None)              # fresh mode: what `launch` sets by itself
+    if shared_store: env['TORCH_DISABLE_SHARE_RDZV_TCP_STORE'] = '0'  # torch's default, as under a plain torchrun
     log = open(tmp_path/'launcher.log', 'w')
     proc = subprocess.Popen([sys.executable, '-c', code], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, env=dict(passive_env(), BEITV2_LAB_CONNECT_TIMEOUT='30',
-                                                             TORCH_DISABLE_SHARE_RDZV_TCP_STORE='0' if shared_store else '1'))
+                            start_new_session=True, env=env)
     try:
         deadline = time.time() + 300                      # generous: a loaded 2-core CI machine starts 2 workers slowly
         while not (rdir/'checkpoints'/'step_0000004').exists():
