@@ -59,7 +59,7 @@ def batch_stats(tok_ids: torch.Tensor, # [N] code index of each vector
     "Per-code sums and counts of the assigned vectors, packed so one all-reduce syncs both."
     out = torch.zeros(codebook_size, z.shape[1] + 1, dtype=z.dtype, device=z.device)
     out[:, :-1].index_add_(0, tok_ids, z)                                            # sums [K, C]
-    out[:, -1] = torch.bincount(tok_ids, minlength=codebook_size).to(z.dtype)        # counts [K]
+    out[:, -1].index_add_(0, tok_ids, z.new_ones(z.shape[0]))                          # counts [K] (exact in fp32 below 2^24)
     return out
 
 # %% ../nbs/11_codebook.ipynb #b3aa2b66
@@ -133,6 +133,8 @@ class NormEMAVectorQuantizer(nn.Module):
         self.register_buffer('cluster_size', torch.zeros(codebook_size))                        # [K] EMA of counts
         self.register_buffer('window_usage', torch.zeros(codebook_size, dtype=torch.long), persistent=False)
         self.register_buffer('restarts', torch.zeros((), dtype=torch.long), persistent=False)
+        self._initted = False       # `embedding.initted` seen set (read once, not every step); forgotten on load_state_dict
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, '_initted', False))
 
     @property
     def codebook(self) -> torch.Tensor: return self.embedding.weight
@@ -157,24 +159,22 @@ def _kmeans_init(self: NormEMAVectorQuantizer, z: torch.Tensor, sync: bool):
     centroids, counts = kmeans_cosine(z, self.codebook_size, self.kmeans_iters, sync, self.chunk_size)
     e = self.embedding
     e.weight.copy_(centroids); e.embed_avg.copy_(centroids * counts[:, None])
-    e.cluster_size.copy_(counts); self.cluster_size.copy_(counts); e.initted.fill_(1.)
+    e.cluster_size.copy_(counts); self.cluster_size.copy_(counts); e.initted.fill_(1.); self._initted = True
     _log.info('k-means init of %d codes on %d vectors per rank', self.codebook_size, z.shape[0])
 
 @torch.no_grad()
-def _restart_dead(self: NormEMAVectorQuantizer, z: torch.Tensor, sync: bool) -> int:
-    "Replace codes whose EMA count fell below the threshold by vectors of the batch; return how many."
-    dead = (self.cluster_size < self.dead_code_threshold).nonzero().squeeze(1)    # [n_dead], same on all ranks
-    n = dead.numel()
-    if n == 0: return 0
-    new = torch.empty(n, self.code_dim, dtype=z.dtype, device=z.device)
+def _restart_dead(self: NormEMAVectorQuantizer, z: torch.Tensor, sync: bool) -> torch.Tensor:
+    "Replace codes whose EMA count fell below the threshold by vectors of the batch; how many, as a 0-d tensor."
+    dead = self.cluster_size < self.dead_code_threshold                          # [K], same on all ranks
+    new = torch.empty(self.codebook_size, self.code_dim, dtype=z.dtype, device=z.device)
     if _is_rank0(sync):
-        idx = torch.randperm(z.shape[0], device=z.device)[:n] if z.shape[0] >= n else torch.randint(z.shape[0], (n,), device=z.device)
-        new.copy_(z[idx])
+        draw = torch.randperm(z.shape[0], device=z.device)                        # the i-th dead code takes draw[i]
+        new.copy_(z[draw[(dead.cumsum(0) - 1).clamp(min=0) % z.shape[0]]])        # (around again if too few)
     _broadcast(new, sync)
-    e, thr = self.embedding, self.dead_code_threshold
-    e.weight[dead] = new; e.embed_avg[dead] = new * thr
-    e.cluster_size[dead] = thr; self.cluster_size[dead] = thr
-    self.restarts += n
+    e, thr, d = self.embedding, self.dead_code_threshold, dead[:, None]
+    e.weight.copy_(torch.where(d, new, e.weight)); e.embed_avg.copy_(torch.where(d, new * thr, e.embed_avg))
+    e.cluster_size.masked_fill_(dead, thr); self.cluster_size.masked_fill_(dead, thr)
+    n = dead.sum(); self.restarts += n
     return n
 
 NormEMAVectorQuantizer._kmeans_init = _kmeans_init
@@ -193,7 +193,9 @@ def _forward(self: NormEMAVectorQuantizer,
     with torch.autocast(device_type=z.device.type, enabled=False):
         z = l2norm(z.float())
         z_flat = z.reshape(-1, self.code_dim)                                    # [N, C]
-        if self.training and not self.embedding.initted.item(): self._kmeans_init(z_flat.detach(), sync)
+        if self.training and not self._initted:                                  # the buffer is read until it is set
+            if self.embedding.initted.item(): self._initted = True
+            else: self._kmeans_init(z_flat.detach(), sync)
         tok_ids = nearest_code(z_flat.detach(), self.codebook, self.chunk_size)  # [N]
         z_q = self.embedding(tok_ids).view_as(z)
         loss = self.beta * F.mse_loss(z_q.detach(), z)
@@ -203,7 +205,7 @@ def _forward(self: NormEMAVectorQuantizer,
             self.window_usage += st[:, -1].long()
             self._ema_update(st)
             if self.restart_dead_codes: self._restart_dead(z_flat.detach(), sync)
-        else: self.window_usage += torch.bincount(tok_ids, minlength=self.codebook_size)
+        else: self.window_usage.index_add_(0, tok_ids, torch.ones_like(tok_ids))
     return z_q, loss, tok_ids.view(z.shape[:-1])
 
 NormEMAVectorQuantizer.forward = _forward

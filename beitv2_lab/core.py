@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['KIND_KEY', 'exists', 'default', 'l2norm', 'atomic_path', 'save_tagged', 'read_header', 'load_tagged', 'cpu_flags',
-           'has_amx_bf16', 'keep_freed_memory']
+           'has_amx_bf16', 'keep_freed_memory', 'HostSyncs', 'trusted_inputs', 'value_checks']
 
 # %% ../nbs/00_core.ipynb #7c162c6f
 def exists(x) -> bool:
@@ -117,3 +117,68 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError): return False
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+# %% ../nbs/00_core.ipynb #a243cc21
+import collections, traceback
+from torch.overrides import TorchFunctionMode
+
+_READS = {'item', 'tolist', '__bool__', '__int__', '__float__', '__index__', '__complex__', 'equal', 'allclose'}
+_DYNAMIC = {'nonzero', 'argwhere', 'unique', 'unique_consecutive', 'bincount', 'masked_select'}
+_MASK_OPS = {'__getitem__', '__setitem__', 'index_put_', 'index_put'}
+_TORCH_DIR = os.path.dirname(torch.__file__)
+
+def _is_bool_index(idx) -> bool:
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (idx if isinstance(idx, (tuple, list)) else (idx,)))
+
+def _is_cpu_str(d) -> bool: return isinstance(d, str) and d.startswith('cpu')
+
+def _caller() -> traceback.FrameSummary | None:
+    "The innermost frame outside torch (and above this call and `__torch_function__`): the code that made the call."
+    for f in reversed(traceback.extract_stack()[:-2]):
+        if not f.filename.startswith(_TORCH_DIR): return f
+    return None
+
+def _sync_kind(name: str, args: tuple, kwargs: dict) -> str | None:
+    "Why the call `name(*args, **kwargs)` would wait for a GPU, or None."
+    if name in _READS or name in _DYNAMIC: return name
+    if name in _MASK_OPS and len(args) > 1 and _is_bool_index(args[1]): return f'{name.strip("_")}[bool mask]'
+    if name == 'repeat_interleave' and isinstance(kwargs.get('repeats', args[1] if len(args) > 1 else None), torch.Tensor) \
+            and kwargs.get('output_size') is None: return 'repeat_interleave(tensor repeats)'
+    if name in ('tensor', 'as_tensor') and kwargs.get('device') is not None: return f'{name}(host data, device=...)'
+    if name in ('cpu', 'numpy') or (name == 'to' and _is_cpu_str(kwargs.get('device', args[1] if len(args) > 1 else None))):
+        return 'copy to cpu'      # `.to(t.device)` is left alone: on a CPU run it is the CPU, and no copy on a GPU run
+    return None
+
+class HostSyncs(TorchFunctionMode):
+    "Count, inside `with HostSyncs() as s:`, the torch calls that would make the host wait for a GPU; `s.calls`: (kind, 'file:line') → n."
+    def __init__(self):
+        super().__init__()
+        self.calls = collections.Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        kind = _sync_kind(getattr(func, '__name__', ''), args, kwargs)
+        if kind:
+            f = _caller()
+            self.calls[(kind, f'{os.path.basename(f.filename)}:{f.lineno}' if f else '?')] += 1
+        return func(*args, **kwargs)
+
+    @property
+    def total(self) -> int: return sum(self.calls.values())
+
+    def __repr__(self) -> str:
+        return f'HostSyncs({self.total}: ' + ', '.join(f'{k} at {w}' + (f' ×{n}' if n > 1 else '') for (k, w), n in self.calls.items()) + ')'
+
+_value_checks = True
+
+@contextlib.contextmanager
+def trusted_inputs(trusted: bool = True):
+    "Inside (when `trusted`), models skip the checks that read tensor values, a host sync each on a GPU; shape checks stay."
+    global _value_checks
+    old, _value_checks = _value_checks, not trusted
+    try: yield
+    finally: _value_checks = old
+
+def value_checks() -> bool:
+    "Whether checks that read tensor values should run (False inside `trusted_inputs()`)."
+    return _value_checks

@@ -176,7 +176,8 @@ def check_images(images: torch.Tensor, name: str = 'images'):
 @patch
 def count_tokens(self: DiscreteVAE, tok_ids: torch.Tensor):
     "Add one training step's token counts to the usage window: summed over all ranks when `sync` (a collective)."
-    counts = torch.bincount(tok_ids.flatten(), minlength=self.codebook_size)       # [K]
+    ids = tok_ids.flatten()
+    counts = torch.zeros_like(self.window_usage).index_add_(0, ids, torch.ones_like(ids))   # [K]; bincount would wait for a GPU
     if self.sync:
         if not is_dist():
             raise RuntimeError('DiscreteVAE.sync=True needs an initialised torch.distributed process group; set sync=False for one process')

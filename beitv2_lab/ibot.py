@@ -19,7 +19,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 from torch.nn.utils.parametrizations import weight_norm
 
-from .core import default, exists, load_tagged, save_tagged
+from .core import default, exists, load_tagged, save_tagged, value_checks
 from .distrib import all_reduce_mean
 from .masking import ibot_masks
 from .mim import BEiTv2
@@ -171,7 +171,7 @@ def _check(self: IBOTLoss, student_cls, student_patch, teacher_cls, teacher_patc
     if V < 2: raise ValueError('the CLS loss needs at least two views (one teacher and one other student view)')
     if masks.dtype != torch.bool or masks.shape != teacher_patch.shape[:2]:
         raise ValueError(f'masks must be bool {tuple(teacher_patch.shape[:2])}, got {masks.dtype} {tuple(masks.shape)}')
-    if student_patch.dim() != 2 or student_patch.shape != (int(masks.sum()), Kp):
+    if student_patch.dim() != 2 or student_patch.shape[1] != Kp or (value_checks() and student_patch.shape[0] != int(masks.sum())):
         raise ValueError(f'student_patch must hold the masked rows: [{int(masks.sum())}, {Kp}], got {tuple(student_patch.shape)}')
     return B, V
 
@@ -192,10 +192,11 @@ def forward(self: IBOTLoss,
     q_cls = F.softmax((tc - self.center) / t_cls, -1).view(G, B, -1)                      # teacher targets
     logp_cls = F.log_softmax(student_cls.float() / self.student_temp, -1).view(V, B, -1)
     ce = -torch.einsum('gbk,vbk->gv', q_cls, logp_cls) / B                               # [G, V] pair means
-    cls_loss = ce[~torch.eye(G, V, dtype=torch.bool, device=ce.device)].mean() * self.lambda1
+    cls_loss = (ce.sum() - ce.diagonal().sum()) / (G * V - G) * self.lambda1                # mean over pairs g != v
     q_masked = F.softmax((tp[masks] - self.patch_center[0]) / t_patch, -1)                 # [M, Kp], masked rows only
     ce_tok = -(q_masked * F.log_softmax(student_patch.float() / self.student_temp, -1)).sum(-1)   # [M]
-    per_image = masks.sum(1).clamp(min=1)[masks.nonzero()[:, 0]]                           # each token's image count
+    n_img = masks.sum(1)                                                                     # [G·B] masked per image
+    per_image = n_img.clamp(min=1).repeat_interleave(n_img, output_size=len(ce_tok))         # each token's image count (M known: no sync)
     patch_loss = (ce_tok / per_image).sum() / (G * B) * self.lambda2                       # = mean_g mean_b mean_masked
     out = dict(loss=cls_loss + patch_loss, cls_loss=cls_loss, patch_loss=patch_loss,
                **self._monitors(q_cls, q_masked, ce_tok, tc, tp, t_patch), teacher_temp=t_cls, patch_teacher_temp=t_patch)

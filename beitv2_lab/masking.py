@@ -268,6 +268,11 @@ def masked_count(self: MaskGenerator) -> int:
     "Patches masked per image (at most, for v1): `round(mask_ratio * N)` if `mask_ratio` is set."
     return self.num_masking_patches if self.mask_ratio is None else round(self.mask_ratio * self.num_patches)
 
+@patch(as_prop=True)
+def exact_count(self: MaskGenerator) -> int | None:
+    "Patches EVERY mask holds (v2, random), or None where the count varies (v1: at most, iBOT): lets a model gather masked rows without reading the mask."
+    return self.masked_count if self.mode in ('v2', 'random') else None
+
 @patch
 def __call__(self: MaskGenerator, batch_size: int, generator: torch.Generator | int | None = None) -> torch.Tensor:
     "`bool_masked_pos [batch_size, N]` for this mode."

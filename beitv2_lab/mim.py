@@ -20,13 +20,13 @@ from timm.models._manipulate import checkpoint
 from timm.models.beit import Block, RelativePositionBias
 from timm.optim import param_groups_weight_decay
 
-from .core import exists, load_tagged, save_tagged
+from .core import exists, load_tagged, save_tagged, value_checks
 
 _logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['MIM_VARIANTS', 'TIMM_ARCH', 'mim_block', 'BEiTv2', 'code_loss', 'mim_targets', 'list_mim', 'create_mim',
-           'load_official_mim', 'timm_kwargs', 'timm_state_dict', 'export_timm', 'create_timm']
+__all__ = ['MIM_VARIANTS', 'TIMM_ARCH', 'mim_block', 'BEiTv2', 'mask_selector', 'code_loss', 'mim_targets', 'list_mim',
+           'create_mim', 'load_official_mim', 'timm_kwargs', 'timm_state_dict', 'export_timm', 'create_timm']
 
 # %% ../nbs/20_mim.ipynb #3d4d12df
 def mim_block(dim: int, num_heads: int, mlp_ratio: float = 4., init_values: float | None = 0.1,
@@ -169,14 +169,27 @@ def forward_aggregation(self: BEiTv2, x: torch.Tensor, early: torch.Tensor) -> t
     for blk in self.cls_pt_layers: h = self._run(blk, h, rel_pos_bias)
     return self.norm(h) if self.shared_lm_head else self.cls_pt_norm(h)
 
+def mask_selector(bool_masked_pos: torch.Tensor,   # [B, N] bool
+                  num_masked: int | None = None,   # masked patches in EVERY row, when the host knows it (exact masks)
+                 ):                                # x [B, N, ...] -> x[bool_masked_pos] [M, ...]
+    """The rows `x[bool_masked_pos]` (row-major) as a function of `x`. Boolean indexing reads the mask to size its
+    output, a host sync on a GPU (and a graph break for `torch.compile`); when every mask holds exactly `num_masked`
+    patches (BEiT v2's exact blockwise masks, random masks) the same rows come from a fixed-size gather instead."""
+    if num_masked is None: return lambda x: x[bool_masked_pos]
+    if value_checks() and not bool((bool_masked_pos.sum(1) == num_masked).all()):
+        raise ValueError(f'num_masked={num_masked}, but the masks hold {bool_masked_pos.sum(1).tolist()} patches per image')
+    idx = bool_masked_pos.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :num_masked]  # [B, m] ascending positions
+    return lambda x: x.gather(1, idx.view(*idx.shape, *(1,) * (x.dim() - 2)).expand(*idx.shape, *x.shape[2:])).flatten(0, 1)
+
 @patch
-def forward_masked(self: BEiTv2, images: torch.Tensor, bool_masked_pos: torch.Tensor) -> dict:
+def forward_masked(self: BEiTv2, images: torch.Tensor, bool_masked_pos: torch.Tensor, num_masked: int | None = None) -> dict:
     "Head outputs at the masked positions, in `bool_masked_pos` order: `pred` (and `pred_agg`) `[M, head_dim]`."
     if self.lm_head is None: raise ValueError('this model has no head (head_dim=0): use forward_features')
     x, early = self.forward_encoder(images, bool_masked_pos)
-    out = dict(pred=self.lm_head(self.norm(x[:, 1:][bool_masked_pos])))       # only masked rows hit the head
+    masked = mask_selector(bool_masked_pos, num_masked)
+    out = dict(pred=self.lm_head(self.norm(masked(x[:, 1:]))))                 # only masked rows hit the head
     if self.patch_aggregation:
-        h = self.forward_aggregation(x, early)[:, 1:][bool_masked_pos]
+        h = masked(self.forward_aggregation(x, early)[:, 1:])
         out['pred_agg'] = (self.lm_head if self.shared_lm_head else self.cls_pt_lm_head)(h)
     return out
 
@@ -194,17 +207,19 @@ def forward_loss(self: BEiTv2, out: dict, targets: torch.Tensor, loss_fn=code_lo
     return res
 
 @patch
-def forward(self: BEiTv2, images: torch.Tensor, bool_masked_pos: torch.Tensor, tok_ids: torch.Tensor | None = None) -> dict:
-    "With `tok_ids [B, N]`: dict(loss, loss_main, acc_main[, loss_agg, acc_agg]); without: the logits dict."
+def forward(self: BEiTv2, images: torch.Tensor, bool_masked_pos: torch.Tensor, tok_ids: torch.Tensor | None = None,
+            num_masked: int | None = None) -> dict:
+    "With `tok_ids [B, N]`: dict(loss, loss_main, acc_main[, loss_agg, acc_agg]); without: the logits dict. `num_masked`: see `mask_selector`."
     if bool_masked_pos is None: raise ValueError('bool_masked_pos is required (use forward_features for unmasked features)')
     if exists(tok_ids):
         if tok_ids.shape != bool_masked_pos.shape:
             raise ValueError(f'tok_ids shape {tuple(tok_ids.shape)} != bool_masked_pos shape {tuple(bool_masked_pos.shape)}')
-        if not bool_masked_pos.any(): raise ValueError('bool_masked_pos masks no patch: the MIM loss is undefined')
-        if tok_ids.min() < 0 or tok_ids.max() >= self.head_dim:
-            raise ValueError(f'tok_ids must lie in [0, head_dim={self.head_dim}); check the tokenizer K')
-    out = self.forward_masked(images, bool_masked_pos)
-    return out if tok_ids is None else self.forward_loss(out, tok_ids[bool_masked_pos])
+        if value_checks():                             # value reads (host syncs): skipped inside core.trusted_inputs()
+            if not bool_masked_pos.any(): raise ValueError('bool_masked_pos masks no patch: the MIM loss is undefined')
+            if tok_ids.min() < 0 or tok_ids.max() >= self.head_dim:
+                raise ValueError(f'tok_ids must lie in [0, head_dim={self.head_dim}); check the tokenizer K')
+    out = self.forward_masked(images, bool_masked_pos, num_masked)
+    return out if tok_ids is None else self.forward_loss(out, mask_selector(bool_masked_pos, num_masked)(tok_ids))
 
 # %% ../nbs/20_mim.ipynb #c6ec240f
 @patch

@@ -101,8 +101,7 @@ class DVAETask(Task):
     def step(self, built, batch, step) -> dict:
         sched = dvae_schedules(built.cfg, step)
         res = built.net(batch['image'], hard=built.cfg.hard, **sched)
-        return {**{k: res[k] for k in ('loss', 'rec_loss', 'kl')},
-                **{k: torch.tensor(v, device=built.device) for k, v in sched.items()}}
+        return {**{k: res[k] for k in ('loss', 'rec_loss', 'kl')}, **sched}     # the schedules: host floats, logged as they are
 
     def window_metrics(self, built, step) -> dict:
         row = dict(usage_in_sync=usage_in_sync(built.model), **built.model.stats())

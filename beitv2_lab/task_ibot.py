@@ -128,9 +128,11 @@ class IBOTWindow:
 
     def update(self, out: dict):
         "Add one step's `IBOTLoss` outputs (`cls_ids`, `patch_ids`, the monitor scalars)."
-        (kc, kp), dev = self.k, self.state.device
-        step = torch.cat([torch.bincount(out['cls_ids'].flatten(), minlength=kc).double(), torch.bincount(out['patch_ids'].flatten(), minlength=kp).double(),
-                          torch.tensor([1., *(float(out[k]) for k in _MEANS)], dtype=torch.float64, device=dev)])
+        (kc, kp), step = self.k, torch.zeros_like(self.state)                   # all on the device: no host sync
+        for ids, part in ((out['cls_ids'], step[:kc]), (out['patch_ids'], step[kc:kc + kp])):
+            part.index_add_(0, ids.flatten(), torch.ones(ids.numel(), dtype=step.dtype, device=step.device))
+        step[kc + kp] = 1.
+        step[kc + kp + 1:] = torch.stack([out[k].detach().double() for k in _MEANS])
         self.state += all_reduce_sum(step)
 
     def reset(self): self.state.zero_()
@@ -185,8 +187,7 @@ _IDS = ('cls_ids', 'patch_ids')
 def step(self: IBOTTask, built: Built, batch: dict, step: int) -> dict:
     out = built.model(batch['crops'], view_major(batch['bool_masked_pos']), step, student=built.net)
     self.window.update(out)
-    dev = out['loss'].device                                                  # scalars on the loss's device (nccl reduces those)
-    return {k: v if isinstance(v, torch.Tensor) else torch.tensor(float(v), device=dev) for k, v in out.items() if k not in _IDS}
+    return {k: v for k, v in out.items() if k not in _IDS}                    # tensors, and the temperatures as Python floats
 
 @patch
 def after_backward(self: IBOTTask, built: Built, step: int):

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 # %% auto #0
 __all__ = ['log', 'MIM_MASK_MODES', 'TARGET_LOSSES', 'MIMConfig', 'validate_mim', 'regression_loss', 'default_loss', 'WithMasks',
-           'mim_dataset', 'save_mim', 'load_mim', 'MIMTask', 'plot_masks']
+           'mim_masks', 'mim_dataset', 'save_mim', 'load_mim', 'MIMTask', 'plot_masks']
 
 # %% ../nbs/34_task_mim.ipynb #27b8acc0
 @dataclass
@@ -117,13 +117,16 @@ class WithMasks:
         out = self.transform(img)
         return {**(out if isinstance(out, dict) else {'image': out}), 'bool_masked_pos': bool_masked_pos}
 
+def mim_masks(cfg: MIMConfig) -> MaskGenerator:
+    "The run's mask generator (`mask_mode`, the counts of `_mask_counts` on the `img_size // 16` grid)."
+    g = cfg.img_size // 16
+    num, low = _mask_counts(cfg, g * g)
+    return MaskGenerator(cfg.mask_mode, grid=(g, g), num_masking_patches=num, min_num_patches=low)
+
 def mim_dataset(cfg: MIMConfig, tok_size: int | None = None):
     "The run's two-view dataset (backbone view normalised, tokenizer view in [0, 1] at `tok_size`) with masks."
     from beitv2_lab.data import TwoViewTransform
-    g = cfg.img_size // 16
-    num, low = _mask_counts(cfg, g * g)
-    masks = MaskGenerator(cfg.mask_mode, grid=(g, g), num_masking_patches=num, min_num_patches=low)
-    return build_dataset(cfg, WithMasks(TwoViewTransform(size=cfg.img_size, tok_size=tok_size or cfg.img_size), masks))
+    return build_dataset(cfg, WithMasks(TwoViewTransform(size=cfg.img_size, tok_size=tok_size or cfg.img_size), mim_masks(cfg)))
 
 # %% ../nbs/34_task_mim.ipynb #a14deac4
 def save_mim(model, path) -> Path:
@@ -171,13 +174,13 @@ class MIMTask(Task):
         return mim_dataset(cfg, tok_size=tok.img_size[0] if tok is not None else cfg.img_size)
 
     def step(self, built, batch, step) -> dict:
-        from beitv2_lab.mim import mim_targets
-        mask = batch['bool_masked_pos']
+        from beitv2_lab.mim import mask_selector, mim_targets
+        mask, num = batch['bool_masked_pos'], mim_masks(built.cfg).exact_count     # exact masks: gathers, no host sync
         if 'tokenizer' in built.frozen:
             tok_ids = mim_targets(built.frozen['tokenizer'], batch['tok_image'], mask)   # [B, N], frozen
-            return built.net(batch['image'], mask, tok_ids)
-        with torch.no_grad(): targets = built.frozen['teacher'](batch['tok_image'])[mask]   # [M, D], frozen
-        return built.model.forward_loss(built.net(batch['image'], mask), targets, built.frozen['loss_fn'])
+            return built.net(batch['image'], mask, tok_ids, num_masked=num)
+        with torch.no_grad(): targets = mask_selector(mask, num)(built.frozen['teacher'](batch['tok_image']))   # [M, D], frozen
+        return built.model.forward_loss(built.net(batch['image'], mask, num_masked=num), targets, built.frozen['loss_fn'])
 
     def finish(self, built, out_dir) -> dict:
         from beitv2_lab.mim import export_timm

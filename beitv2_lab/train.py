@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from .core import atomic_path, has_amx_bf16, keep_freed_memory, load_tagged, save_tagged
+from .core import atomic_path, has_amx_bf16, keep_freed_memory, load_tagged, save_tagged, trusted_inputs
 from .distrib import (all_reduce_mean, cleanup, get_rank, get_world_size, init_distributed, is_dist, is_main, launch,
                                 gather, node_info, resolve_device, tensors_in_sync)
 
@@ -35,7 +35,8 @@ __all__ = ['log', 'DATA_KEYS', 'AUTO_COMPILE_STEPS', 'RunConfig', 'check', 'vali
            'build_optimizer', 'lr_at', 'rng_state', 'set_rng_state', 'gather_rng_states', 'optimizer_tensors',
            'load_optimizer_state', 'save_checkpoint', 'latest_checkpoint', 'load_checkpoint', 'MetricsLogger',
            'read_metrics', 'resolve_resume', 'check_resume_config', 'resume', 'resolve_precision', 'autocast_ctx',
-           'weights_in_sync', 'Built', 'Task', 'resolve_compile', 'fit', 'job_worker', 'run', 'describe_summary']
+           'weights_in_sync', 'Built', 'Task', 'resolve_compile', 'NonFiniteWatch', 'fit', 'job_worker', 'run',
+           'describe_summary']
 
 # %% ../nbs/31_train.ipynb #47e8b61e
 @dataclass
@@ -398,7 +399,8 @@ class Built:
     frozen: dict = field(default_factory=dict) # frozen helpers (teacher, tokenizer): never checkpointed or optimised
     ddp: dict = field(default_factory=dict)    # DistributedDataParallel options
     train_module: torch.nn.Module | None = None  # the part DDP wraps and `step` calls (default: `model`)
-    net: torch.nn.Module | None = None         # set by the loop: `train_module` wrapped in DDP / compiled
+    net: torch.nn.Module | None = None         # set by the loop: `train_module` wrapped in DDP (and compiled after the first step)
+    compiled: torch.nn.Module | None = None    # set by the loop: `torch.compile(net)` when the run compiles
     optimizer: torch.optim.Optimizer | None = None  # set by the loop
     device: torch.device | None = None         # set by the loop
     cfg: object = None                         # set by the loop: the run's config (for `finish` and the hooks)
@@ -450,18 +452,33 @@ def _setup(task: Task, cfg, device) -> tuple[Built, dict | None]:
     state = resume(cfg, built.model, built.optimizer, keys=DATA_KEYS + task.resume_keys)
     if state: task.load_extra_state(built, state['extra'])
     built.net = torch.nn.parallel.DistributedDataParallel(trained, **built.ddp) if is_dist() else trained
-    if resolve_compile(cfg.compile, device, cfg.steps): built.net = torch.compile(built.net)
+    built.compiled = torch.compile(built.net) if resolve_compile(cfg.compile, device, cfg.steps) else None
     return built, state
 
 # %% ../nbs/31_train.ipynb #998af0a5
-def _train_step(task: Task, built: Built, cfg, batch: dict, step: int, precision: str) -> tuple[dict, float, torch.Tensor]:
-    "One optimizer step: lr, forward under autocast, non-finite check, backward, hooks, clipping, AdamW."
+class NonFiniteWatch:
+    "The first non-finite loss of a run and its step, kept on the device (no host sync per step); `check` raises on it."
+    def __init__(self, device):
+        self.step = torch.full((), -1, dtype=torch.long, device=device)
+        self.loss = torch.zeros((), device=device)
+
+    def update(self, loss: torch.Tensor, step: int):
+        first = ~torch.isfinite(loss.detach()) & (self.step < 0)
+        self.step = torch.where(first, step, self.step)
+        self.loss = torch.where(first, loss.detach().float(), self.loss)
+
+    def check(self, out_dir):
+        "Raise FloatingPointError naming the step if a loss so far was not finite (one host sync)."
+        if (step := int(self.step)) >= 0:
+            raise FloatingPointError(f'non-finite loss {float(self.loss)} at step {step}: run stopped; no weights from that step on '
+                                     f'were saved, the last checkpoint ({latest_checkpoint(out_dir)}) is kept')
+
+def _train_step(task: Task, built: Built, cfg, batch: dict, step: int, precision: str, watch: NonFiniteWatch) -> tuple[dict, float, torch.Tensor]:
+    "One optimizer step: lr, forward under autocast, non-finite watch, backward, hooks, clipping, AdamW."
     lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.steps)
     for g in built.optimizer.param_groups: g['lr'] = lr
     with autocast_ctx(built.device, precision): res = task.step(built, batch, step)
-    if not torch.isfinite(res['loss']):
-        raise FloatingPointError(f'non-finite loss {res["loss"].item()} at step {step}: run stopped before updating the '
-                                 f'weights; the last checkpoint ({latest_checkpoint(cfg.out_dir)}) is kept')
+    watch.update(res['loss'], step)
     built.optimizer.zero_grad(set_to_none=True); res['loss'].backward()
     task.after_backward(built, step)
     params = (built.train_module or built.model).parameters()
@@ -486,19 +503,24 @@ def fit(task: Task, cfg) -> dict:
     skips.count = state.get('skipped', 0) if state else 0
     batches = Batches(make_loader(task.dataset(cfg, built), cfg, position, device), skips, position)
     pbar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and is_main()), mininterval=2, desc=task.name)
-    built.model.train(); t0, seen = time.perf_counter(), 0
+    built.model.train(); t0, seen, watch = time.perf_counter(), 0, NonFiniteWatch(device)
     for step in range(start, cfg.steps):
         batch = to_device(next(batches), device)
-        res, lr, gnorm = _train_step(task, built, cfg, batch, step, precision)
+        if step == start + 1 and built.compiled is not None: built.net = built.compiled   # compiled once, for trusted steps
+        with trusted_inputs(step > start):            # the run's first batch is checked, the rest come the same way
+            res, lr, gnorm = _train_step(task, built, cfg, batch, step, precision, watch)
         seen += len(batch['index']); pbar.update(1)
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+        logs, ckpts = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps, (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps
+        if logs or ckpts: watch.check(cfg.out_dir)
+        if logs:
             row = {k: all_reduce_mean(v.detach().float()) for k, v in res.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
+            row.update({k: v for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
             row.update(grad_norm=gnorm, lr=lr, img_per_s=seen * world / (time.perf_counter() - t0), skipped=skips.count)
             row.update(task.window_metrics(built, step + 1))
             logger.log(step + 1, **row); t0, seen = time.perf_counter(), 0
             last = {'step': step + 1, **{k: float(v) if isinstance(v, torch.Tensor) else v for k, v in row.items()}}
             pbar.set_postfix({k: f'{last[k]:.3f}' for k in task.progress_keys if k in last})
-        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+        if ckpts:
             rngs, positions, in_sync = gather_rng_states(), gather(batches.position), weights_in_sync(built.model)
             if is_main():
                 save_checkpoint(out, step + 1, built.model, built.optimizer, cfg, rngs=rngs, extra=task.extra_state(built),

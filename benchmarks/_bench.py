@@ -43,11 +43,13 @@ def memory_note(m: dict) -> str:
     return f"  [rss before {m['rss_before'] / 2**20:.0f} MiB, high-water before {m['hwm_before'] / 2**20:.0f} MiB]"
 
 
-def task_step(task, net, frozen: dict, opt, batch: dict, dev, precision: str) -> torch.Tensor:
-    "One step as `train._train_step` takes it (minus lr schedule and clipping): `task.step` under autocast, backward, AdamW."
+def task_step(task, net, frozen: dict, opt, batch: dict, dev, precision: str, cfg=None) -> torch.Tensor:
+    """One step as `train._train_step` takes it (minus lr schedule and clipping): `task.step` under autocast, backward,
+    AdamW; `cfg` is the run config the task's step may read (`Built.cfg`)."""
+    from beitv2_lab.core import trusted_inputs
     from beitv2_lab.train import Built, autocast_ctx
-    built = Built(model=net, frozen=frozen, net=net, device=dev)
-    with autocast_ctx(dev, precision): res = task.step(built, batch, 0)
+    built = Built(model=net, frozen=frozen, net=net, device=dev, cfg=cfg)
+    with trusted_inputs(), autocast_ctx(dev, precision): res = task.step(built, batch, 0)   # as the loop's steps after the first
     opt.zero_grad(set_to_none=True); res['loss'].backward(); opt.step()
     return res['loss'].detach()
 
@@ -75,7 +77,8 @@ def measure(step, dev, warmup: int, repeats: int) -> dict:
 
 
 def compile_model(model, backend: str = 'inductor'):
-    """`torch.compile(model)` as `train._setup` does it. `backend='aot_eager'` traces the same graphs (dynamo + AOT
+    """`torch.compile(model)` as `train._setup` does it (the step workers first run one eager step, as `train.fit`
+    runs its first step eager and compiles from the second: a VQ-KD codebook is initialised by then). `backend='aot_eager'` traces the same graphs (dynamo + AOT
     autograd, graph breaks and all) but generates no code: the CPU smoke run's stand-in, as inductor takes minutes there."""
     return torch.compile(model) if backend == 'inductor' else torch.compile(model, backend=backend)
 

@@ -20,22 +20,23 @@
 #   part       what                                                           limit  estimate on one H100/H200
 #   mim        benchmarks/mim_step.py: BEiT v2 MIM step, beitv2_base_patch16_224 + vqkd_base @224, B=64:
 #              fp32 eager (baseline), bf16 eager, bf16 + torch.compile; img/s, max_allocated, MFU (its FLOP count)
-#                                                                              190 s  ~120 s (compile ~60-90 s)
+#                                                                              180 s  ~120 s (compile ~60-90 s)
 #   vqkd       benchmarks/vqkd_step.py: VQ-KD step, vqkd_base + timm:vit_base_patch16_224 teacher with random
 #              weights (ViT-B/16 @224 = CLIP-B/16's cost, no download), B=64, same three configs; then
-#              tokenizer `encode`, B=256, bf16 autocast                         190 s  ~130 s (compile ~60-90 s)
+#              tokenizer `encode`, B=256, bf16 autocast                         180 s  ~130 s (compile ~60-90 s)
 #   quantizer  benchmarks/quantizer.py --devices cuda: ours vs vector-quantize-pytorch, K=8192 C=32 N=64x196
-#                                                                               45 s   ~25 s
+#                                                                                60 s   ~25 s
 #   ibot       benchmarks/ibot_step.py: iBOT loss step, ours vs lightly (ours only if lightly is missing), B=64
-#                                                                               45 s   ~30 s
+#                                                                                60 s   ~30 s
 #   loader     benchmarks/loader.py: PIL / decode_jpeg decode, TwoViewTransform, DataLoader at 0/4/8 workers,
 #              make_loader, GPU decode_jpeg(device='cuda') + v2 ops; 1024 images, batch 128, 2 rounds
-#                                                                               75 s   ~60 s
+#                                                                                90 s   ~60 s
 #   The compiled configurations' notes say after how many steps their compile pays back against bf16 eager: the
 #   figure train.AUTO_COMPILE_STEPS (compile='auto' on GPU) should follow.
 #   estimate ~6 min in all (process starts ~5 s each, most of the rest is the two compiles), budget 8 min.
 #   Run it through the device tool with timeout_s=600: the budget ends the parts by ~490 s and the table follows.
-# A bare GPU machine (the device tool's) lacks some pure-Python packages; fetch them here once into .whl (ignored by
+# The device tool's machine has its own python3 (3.12) and torch (2.11 there, not the 2.14 of constraints.txt): the
+# table prints the versions that ran. It lacks some pure-Python packages; fetch them here once into .whl (ignored by
 # git through .git/info/exclude), carry `.whl`, and this script installs them into a temporary folder first:
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -88,6 +89,10 @@ if [ -n "$WHEELS" ]; then
   export PYTHONPATH="$ROOT:$TMP/site${PYTHONPATH#$ROOT}"
   echo "wheels: $(cd "$WHEELS" && ls *.whl | tr '\n' ' ')"
 fi
+# the library must import before any part runs (a bare machine without the .whl packages fails here, in seconds)
+"$PY" -c 'import torch, torchvision, timm, beitv2_lab.task_mim, beitv2_lab.task_vqkd, beitv2_lab.ibot
+print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm {timm.__version__}")' \
+  || { echo "gpu_check: beitv2_lab does not import here (missing packages? see the header on .whl)" >&2; exit 2; }
 
 if [ $SMOKE = 1 ]; then
   DEV=cpu; GPU='none (--smoke: CPU)'
@@ -141,7 +146,7 @@ else
   QUANT="benchmarks/quantizer.py --devices cuda"
   IBOT="benchmarks/ibot_step.py --device cuda --timeout 40"
   NJPEG=1152; LOADER="benchmarks/loader.py --device cuda --n-images 1024 --batch-size 128 --workers 0 4 8 --repeats 2"
-  LIMITS=(190 190 45 45 75)
+  LIMITS=(180 180 60 60 90)
 fi
 GEN=''
 [ $SYNTH = 1 ] && GEN="\"$PY\" benchmarks/_bench.py jpegs $(q "$DATA") $NJPEG && "

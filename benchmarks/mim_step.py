@@ -1,8 +1,9 @@
 """Images/s, peak memory and FLOPs of ONE BEiT v2 MIM pretraining step, per configuration, measured in the same run.
 
 A step = `task_mim.MIMTask.step` (frozen tokenizer forward for `tok_ids`, no grad; student forward and loss) under the
-harness's autocast + backward + AdamW step (`train.build_optimizer`), on random images and `masking.block_masks` (the
-official 75/196 patches, scaled to N), as in `train.fit` minus data loading and gradient clipping.
+harness's autocast + backward + AdamW step (`train.build_optimizer`), on random images and the run's masks
+(`task_mim.mim_masks`: the official exact 75/196 patches, scaled to N), as in `train.fit` minus data loading and gradient
+clipping; every configuration first runs one eager step, as `fit` does (compiled ones compile from the second).
 
 Configurations (ratios are against the first one)
 - CPU: `beitv2_tiny_patch16_224` + `vqkd_tiny`, B=32: fp32 eager (baseline), fp32 eager with SDPA off, fp32 with
@@ -69,7 +70,7 @@ def set_sdpa(on: bool, *models) -> int:
 
 def build(a, dev: torch.device, batch_size: int, sdpa: bool):
     "Frozen tokenizer, MIM student, AdamW and one random batch on `dev`, from the library's factories."
-    from beitv2_lab.masking import block_masks
+    from beitv2_lab.task_mim import mim_masks
     from beitv2_lab.mim import create_mim
     from beitv2_lab.tokenizer import create_tokenizer
     from beitv2_lab.train import build_optimizer
@@ -79,18 +80,23 @@ def build(a, dev: torch.device, batch_size: int, sdpa: bool):
     set_sdpa(sdpa, tokenizer, model)
     opt = build_optimizer(model, lr=1.5e-3, weight_decay=0.05, betas=(0.9, 0.98))
     g = a.img_size // 16; N = g * g                                                  # patch grid of both models
-    masks = block_masks(batch_size, grid=g, num_masking_patches=max(1, round(N * 75 / 196)),
-                        min_num_patches=max(1, round(N * 16 / 196)), generator=0)    # bool_masked_pos [B, N]
+    masks = mim_masks(run_config(a))(batch_size, generator=0)                       # bool_masked_pos [B, N], the run's masks
     batch = dict(image=torch.randn(batch_size, 3, a.img_size, a.img_size, device=dev),       # backbone view, normalised
                  tok_image=torch.rand(batch_size, 3, a.img_size, a.img_size, device=dev),    # tokenizer view in [0, 1]
                  bool_masked_pos=masks.to(dev))
     return tokenizer, model, opt, batch
 
 
-def train_step(net, tokenizer, opt, batch, dev, precision: str) -> torch.Tensor:
+def run_config(a):
+    "The `MIMConfig` of a run at these shapes (its masks: BEiT v2's exact 75 of 196, scaled to the grid)."
+    from beitv2_lab.task_mim import MIMConfig
+    return MIMConfig(model=a.model, img_size=a.img_size)
+
+
+def train_step(net, tokenizer, opt, batch, dev, precision: str, cfg) -> torch.Tensor:
     "One MIM step as in `train.fit`: the task's step (targets + student forward) under autocast, backward, AdamW."
     from beitv2_lab.task_mim import MIMTask
-    return task_step(MIMTask(), net, dict(tokenizer=tokenizer), opt, batch, dev, precision)
+    return task_step(MIMTask(), net, dict(tokenizer=tokenizer), opt, batch, dev, precision, cfg)
 
 
 def step_worker(a) -> dict:
@@ -98,8 +104,10 @@ def step_worker(a) -> dict:
     precision, compile_, sdpa = CONFIGS[a.worker]
     dev = torch.device(a.device)
     tokenizer, model, opt, batch = build(a, dev, a.batch_size, sdpa)
+    cfg = run_config(a)
+    train_step(model, tokenizer, opt, batch, dev, precision, cfg)                    # eager, as fit's first step
     net = compile_model(model, a.compile_backend) if compile_ else model
-    return measure(lambda: train_step(net, tokenizer, opt, batch, dev, precision), dev, a.warmup, a.repeats)
+    return measure(lambda: train_step(net, tokenizer, opt, batch, dev, precision, cfg), dev, a.warmup, a.repeats)
 
 
 def flop_worker(a) -> dict:
@@ -109,7 +117,7 @@ def flop_worker(a) -> dict:
     for sdpa in (False, True):
         tokenizer, model, opt, batch = build(a, dev, a.flop_batch, sdpa)
         tok = count_flops(lambda: mim_targets(tokenizer, batch['tok_image'], batch['bool_masked_pos']))
-        total = count_flops(lambda: train_step(model, tokenizer, opt, batch, dev, 'fp32'))
+        total = count_flops(lambda: train_step(model, tokenizer, opt, batch, dev, 'fp32', run_config(a)))
         out['sdpa' if sdpa else 'matmul'] = dict(total=total / a.flop_batch, tokenizer=tok / a.flop_batch)
     return out
 

@@ -58,7 +58,7 @@ def build(a, dev: torch.device, batch_size: int):
     cfg = VQKDConfig(model=a.model, teacher=a.teacher, teacher_weights=a.teacher_weights, img_size=a.img_size,
                      teacher_size=a.teacher_size, batch_size=batch_size, device=dev.type)
     torch.manual_seed(0)
-    built = VQKDTask().build(cfg, dev)
+    built = VQKDTask().build(cfg, dev); built.cfg = cfg
     opt = build_optimizer(built.model, cfg.lr, cfg.weight_decay, betas=(0.9, cfg.beta2))
     batch = dict(image=torch.rand(batch_size, 3, a.img_size, a.img_size, device=dev))   # TokenizerTransform: [0, 1]
     return built, opt, batch
@@ -67,7 +67,7 @@ def build(a, dev: torch.device, batch_size: int):
 def train_step(net, built, opt, batch, dev, precision: str) -> torch.Tensor:
     "One VQ-KD step: `VQKDTask.step` (teacher targets + tokenizer forward) under autocast, backward, AdamW."
     from beitv2_lab.task_vqkd import VQKDTask
-    return task_step(VQKDTask(), net, built.frozen, opt, batch, dev, precision)
+    return task_step(VQKDTask(), net, built.frozen, opt, batch, dev, precision, built.cfg)
 
 
 def make_encoder(a, dev: torch.device):
@@ -96,6 +96,7 @@ def step_worker(a) -> dict:
                     precision=precision)
     precision, compile_ = CONFIGS[a.worker]
     built, opt, batch = build(a, dev, a.batch_size)
+    train_step(built.model, built, opt, batch, dev, precision)                     # eager, as fit's first step: k-means init
     net = compile_model(built.model, a.compile_backend) if compile_ else built.model
     out = measure(lambda: train_step(net, built, opt, batch, dev, precision), dev, a.warmup, a.repeats)
     d = built.frozen['teacher'].describe()
@@ -112,6 +113,7 @@ def flop_worker(a) -> dict:
     dev = torch.device(a.device)
     built, opt, batch = build(a, dev, a.flop_batch)
     teacher = count_flops(lambda: built.frozen['teacher'](batch['image']))
+    train_step(built.model, built, opt, batch, dev, 'fp32')                          # the k-means init step, not counted
     total = count_flops(lambda: train_step(built.model, built, opt, batch, dev, 'fp32'))
     tok, _ = make_encoder(a, dev)
     enc = count_flops(lambda: encode_call(tok, batch['image'], dev, 'fp32'))
