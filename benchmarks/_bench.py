@@ -21,6 +21,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]   # benchmark the working tree's beitv2_lab
 
 
+def importable(name: str) -> bool:
+    "Whether module `name` imports here (not just whether it is installed: a peer whose dependencies are missing is not)."
+    import importlib
+    try: importlib.import_module(name); return True
+    except Exception: return False
+
+
 def sync(dev):
     if torch.device(dev).type == 'cuda': torch.cuda.synchronize()
 

@@ -29,7 +29,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import time
@@ -38,7 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import (add_run_args, emit, env_info, finish_args, hwm_bytes, reset_hwm, rss_bytes,  # noqa: E402
+from _bench import (add_run_args, emit, env_info, finish_args, hwm_bytes, importable, reset_hwm, rss_bytes,  # noqa: E402
                     run_worker, serve, sync)
 
 G, HIDDEN, BOTTLENECK, T_TEACHER, T_STUDENT = 2, 2048, 256, 0.04, 0.1
@@ -165,7 +164,7 @@ def parse_args(argv=None):
 def main():
     a = parse_args()
     if (dev := serve(a, worker)) is None: return
-    has_lightly, where = importlib.util.find_spec('lightly') is not None, env_info(dev)['device_name']
+    has_lightly, where = importable('lightly'), env_info(dev)['device_name']
     print(f'one iBOT loss step (heads fwd + CLS and patch losses + bwd), fp32: B={a.batch_size} x {G} global + '
           f'{a.n_local} local, N={a.n_tokens}, D={a.embed_dim}, K={a.out_dim}; torch {torch.__version__}, {where}; '
           f'median of {a.repeats} after {a.warmup} warmup, each in a fresh process')

@@ -108,6 +108,9 @@ def loader_rate(dl, n_images: int) -> float:
     return out
 
 
+CPU_DECODE_FALLBACKS = [0]   # batches the device decoder refused, decoded on the CPU instead (named in the device rows)
+
+
 def device_views(blobs: list[torch.Tensor], device: torch.device, size: int, tok_size: int, jitter: float = 0.4) -> dict:
     "The two BEiT views of a batch, decoded and transformed on `device`: {'image' [B,3,size,size], 'tok_image'}."
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -115,7 +118,7 @@ def device_views(blobs: list[torch.Tensor], device: torch.device, size: int, tok
     from torchvision.transforms.v2 import functional as F
     try: imgs = decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device)     # list of [3, H, W] uint8 on device
     except RuntimeError:                                                       # e.g. a CMYK JPEG that nvJPEG refuses
-        imgs = [decode_jpeg(b, mode=ImageReadMode.RGB).to(device) for b in blobs]
+        imgs = [decode_jpeg(b, mode=ImageReadMode.RGB).to(device) for b in blobs]; CPU_DECODE_FALLBACKS[0] += 1
     views, toks = [], []
     for im in imgs:
         box = RandomResizedCrop.get_params(im, (0.2, 1.0), (3 / 4, 4 / 3))       # (top, left, height, width)
@@ -237,6 +240,7 @@ def main():
         if isinstance(rs[0], tuple):                                           # the device path: total, read, device
             total, read, dev = (statistics.median(r[j] for r in rs) for j in range(3))
             base = name.split(':')[0]
+            if CPU_DECODE_FALLBACKS[0]: name += f' ({CPU_DECODE_FALLBACKS[0]} batches decoded on the CPU: the device refused them)'
             rows += [(name, w, total, total), (f'{base}: file reading only (main thread)', w, read, read),
                      (f'{base}: decode + transforms only ({device.type})', '-', dev, None)]
         else:

@@ -79,7 +79,6 @@ def build(a, dev: torch.device, batch_size: int, sdpa: bool):
     model = create_mim(a.model, img_size=a.img_size, head_dim=tokenizer.codebook_size).to(dev).train()
     set_sdpa(sdpa, tokenizer, model)
     opt = build_optimizer(model, lr=1.5e-3, weight_decay=0.05, betas=(0.9, 0.98))
-    g = a.img_size // 16; N = g * g                                                  # patch grid of both models
     masks = mim_masks(run_config(a))(batch_size, generator=0)                       # bool_masked_pos [B, N], the run's masks
     batch = dict(image=torch.randn(batch_size, 3, a.img_size, a.img_size, device=dev),       # backbone view, normalised
                  tok_image=torch.rand(batch_size, 3, a.img_size, a.img_size, device=dev),    # tokenizer view in [0, 1]

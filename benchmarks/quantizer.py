@@ -26,7 +26,6 @@ Usage: python benchmarks/quantizer.py [--batch 64 --patches 196 --codebook-size 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import time
@@ -35,10 +34,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import emit, env_info, hwm_bytes, memory_note, reset_hwm, rss_bytes, run_worker, serve   # noqa: E402
+from _bench import emit, env_info, hwm_bytes, importable, memory_note, reset_hwm, rss_bytes, run_worker, serve   # noqa: E402
 
 PEER = 'vector_quantize_pytorch'
-IMPLS = ('beitv2_lab',) + ((PEER,) if importlib.util.find_spec(PEER) else ())   # the peer only where installed
+IMPLS = ('beitv2_lab',) + ((PEER,) if importable(PEER) else ())   # the peer only where it imports
 
 
 def build(impl: str, k: int, c: int, chunk_size: int):
