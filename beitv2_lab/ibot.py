@@ -193,7 +193,9 @@ def forward(self: IBOTLoss,
     logp_cls = F.log_softmax(student_cls.float() / self.student_temp, -1).view(V, B, -1)
     ce = -torch.einsum('gbk,vbk->gv', q_cls, logp_cls) / B                               # [G, V] pair means
     cls_loss = (ce.sum() - ce.diagonal().sum()) / (G * V - G) * self.lambda1                # mean over pairs g != v
-    q_masked = F.softmax((tp[masks] - self.patch_center[0]) / t_patch, -1)                 # [M, Kp], masked rows only
+    rows = masks.flatten().to(torch.uint8).argsort(descending=True, stable=True)[:len(student_patch)]  # = masks.flatten().nonzero()
+    q_masked = F.softmax((tp.flatten(0, 1)[rows] - self.patch_center[0]) / t_patch, -1)    # [M, Kp], masked rows only (M from
+                                                                                           # the student's rows: no host sync)
     ce_tok = -(q_masked * F.log_softmax(student_patch.float() / self.student_temp, -1)).sum(-1)   # [M]
     n_img = masks.sum(1)                                                                     # [G·B] masked per image
     per_image = n_img.clamp(min=1).repeat_interleave(n_img, output_size=len(ce_tok))         # each token's image count (M known: no sync)
