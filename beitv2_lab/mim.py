@@ -172,21 +172,26 @@ def forward_aggregation(self: BEiTv2, x: torch.Tensor, early: torch.Tensor) -> t
 def mask_selector(bool_masked_pos: torch.Tensor,   # [B, N] bool
                   num_masked: int | None = None,   # masked patches in EVERY row, when the host knows it (exact masks)
                  ):                                # x [B, N, ...] -> x[bool_masked_pos] [M, ...]
-    """The rows `x[bool_masked_pos]` (row-major) as a function of `x`. Boolean indexing reads the mask to size its
-    output, a host sync on a GPU (and a graph break for `torch.compile`); when every mask holds exactly `num_masked`
-    patches (BEiT v2's exact blockwise masks, random masks) the same rows come from a fixed-size gather instead."""
-    if num_masked is None: return lambda x: x[bool_masked_pos]
+    """The rows `x[bool_masked_pos]` (row-major) as a function of `x`, for any number of tensors `x [B, N, ...]`.
+    Boolean indexing reads the mask to size its output, a host sync on a GPU (and a graph break for `torch.compile`)
+    at every use; here the number of masked rows is read once (None: one sync) or given: when every mask holds exactly
+    `num_masked` patches (BEiT v2's exact blockwise masks, random masks) the rows come from a fixed-size gather."""
+    if num_masked is None:
+        rows = bool_masked_pos.flatten().to(torch.uint8).argsort(descending=True, stable=True)
+        rows = rows[:int(bool_masked_pos.sum())]                                # the one sync: M, the masked rows' number
+        return lambda x: x.flatten(0, 1)[rows]
     if value_checks() and not bool((bool_masked_pos.sum(1) == num_masked).all()):
         raise ValueError(f'num_masked={num_masked}, but the masks hold {bool_masked_pos.sum(1).tolist()} patches per image')
     idx = bool_masked_pos.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :num_masked]  # [B, m] ascending positions
     return lambda x: x.gather(1, idx.view(*idx.shape, *(1,) * (x.dim() - 2)).expand(*idx.shape, *x.shape[2:])).flatten(0, 1)
 
 @patch
-def forward_masked(self: BEiTv2, images: torch.Tensor, bool_masked_pos: torch.Tensor, num_masked: int | None = None) -> dict:
+def forward_masked(self: BEiTv2, images: torch.Tensor, bool_masked_pos: torch.Tensor, num_masked: int | None = None,
+                   masked=None) -> dict:    # masked: a `mask_selector` of these masks, if the caller made one
     "Head outputs at the masked positions, in `bool_masked_pos` order: `pred` (and `pred_agg`) `[M, head_dim]`."
     if self.lm_head is None: raise ValueError('this model has no head (head_dim=0): use forward_features')
     x, early = self.forward_encoder(images, bool_masked_pos)
-    masked = mask_selector(bool_masked_pos, num_masked)
+    masked = masked or mask_selector(bool_masked_pos, num_masked)
     out = dict(pred=self.lm_head(self.norm(masked(x[:, 1:]))))                 # only masked rows hit the head
     if self.patch_aggregation:
         h = masked(self.forward_aggregation(x, early)[:, 1:])
@@ -218,8 +223,9 @@ def forward(self: BEiTv2, images: torch.Tensor, bool_masked_pos: torch.Tensor, t
             if not bool_masked_pos.any(): raise ValueError('bool_masked_pos masks no patch: the MIM loss is undefined')
             if tok_ids.min() < 0 or tok_ids.max() >= self.head_dim:
                 raise ValueError(f'tok_ids must lie in [0, head_dim={self.head_dim}); check the tokenizer K')
-    out = self.forward_masked(images, bool_masked_pos, num_masked)
-    return out if tok_ids is None else self.forward_loss(out, mask_selector(bool_masked_pos, num_masked)(tok_ids))
+    masked = mask_selector(bool_masked_pos, num_masked)                        # one selector (at most one sync) for all
+    out = self.forward_masked(images, bool_masked_pos, masked=masked)
+    return out if tok_ids is None else self.forward_loss(out, masked(tok_ids))
 
 # %% ../nbs/20_mim.ipynb #c6ec240f
 @patch
