@@ -19,8 +19,9 @@ patches, then mean over images).
 Method: each implementation runs in its own fresh subprocess; --warmup untimed steps, one step for peak memory
 (CUDA: `max_memory_allocated` after `reset_peak_memory_stats`, absolute; CPU: VmHWM after one step minus RSS before
 it, i.e. the extra resident memory the step needs), then the median of --repeats timed steps (synchronised).
-`--inline` runs them in this process instead (CPU smoke runs); without lightly installed, ours alone is measured. The
-last line printed is `RESULT {json}` (helpers: benchmarks/_bench.py).
+`--inline` runs them in this process instead (CPU smoke runs); without lightly installed, ours alone is measured. A
+`RESULT {json}` line follows ours and another ends the run (benchmarks/gpu_check.sh reads the last; a part killed at its
+time limit keeps ours; helpers: benchmarks/_bench.py).
 
 Usage:
     python benchmarks/ibot_step.py                                    # CUDA if available, else CPU
@@ -168,25 +169,32 @@ def main():
     print(f'one iBOT loss step (heads fwd + CLS and patch losses + bwd), fp32: B={a.batch_size} x {G} global + '
           f'{a.n_local} local, N={a.n_tokens}, D={a.embed_dim}, K={a.out_dim}; torch {torch.__version__}, {where}; '
           f'median of {a.repeats} after {a.warmup} warmup, each in a fresh process')
-    c = run_worker(__file__, a, 'check', WORKER_KEYS, worker, a.timeout) if has_lightly else dict(error='lightly not installed')
-    if 'error' in c: print(f'check {c["error"]}')
-    else: print(f"same weights and inputs, zero centres: loss ours {c['ours']:.6f}, lightly {c['lightly']:.6f}, "
-                f"|diff| {abs(c['ours'] - c['lightly']):.2e}")
-    res = {}
-    for name in ('ours', 'lightly') if has_lightly else ('ours',):
-        r = res[name] = run_worker(__file__, a, name, WORKER_KEYS, worker, a.timeout)
+    res, c = {}, {}
+    def result():         # a RESULT after ours and at the end (the table reads the last): a part killed at its limit keeps ours
+        emit('ibot_step', **env_info(dev), batch_size=a.batch_size, n_tokens=a.n_tokens, out_dim=a.out_dim,
+             embed_dim=a.embed_dim, n_local=a.n_local, inline=a.inline, check=c,
+             impls={n: {k: v for k, v in r.items() if k != 'times'} for n, r in res.items()})
+    for name in ('check', 'ours', 'lightly') if has_lightly else ('ours',):
+        r = run_worker(__file__, a, name, WORKER_KEYS, worker, a.timeout)
+        if name == 'check':
+            c = r
+            if 'error' in c: print(f'check {c["error"]}')
+            else: print(f"same weights and inputs, zero centres: loss ours {c['ours']:.6f}, lightly {c['lightly']:.6f}, "
+                        f"|diff| {abs(c['ours'] - c['lightly']):.2e}")
+            continue
+        res[name] = r
         if 'error' in r: print(f'{name:8s} {r["error"]}'); continue
         r['med'] = statistics.median(r['times'])
         what = 'max_allocated' if dev.type == 'cuda' else 'peak extra RSS'
         print(f"{name:8s} {r['med'] * 1e3:9.1f} ms [{min(r['times']) * 1e3:.1f}-{max(r['times']) * 1e3:.1f}]  "
               f"{what} {r['peak_bytes'] / 2**20:8.0f} MiB")
+        if name == 'ours': result()
+    if not has_lightly: c = dict(error='lightly not installed')
     if all('med' in r for r in res.values()):
         o, l = res['ours'], res['lightly']
         print(f"ours / lightly: time x{o['med'] / l['med']:.2f}, memory x{o['peak_bytes'] / max(l['peak_bytes'], 1):.2f}")
     if not has_lightly: print('lightly is not installed (pip install lightly): ours only'); res['lightly'] = c
-    emit('ibot_step', **env_info(dev), batch_size=a.batch_size, n_tokens=a.n_tokens, out_dim=a.out_dim,
-         embed_dim=a.embed_dim, n_local=a.n_local, inline=a.inline, check=c,
-         impls={n: {k: v for k, v in r.items() if k != 'times'} for n, r in res.items()})
+    result()
 
 
 if __name__ == '__main__':

@@ -22,7 +22,7 @@ Rows (same files, same run)
   `--device cpu` runs the same batched tensor code on the CPU (labelled so); without CUDA the GPU row says it is
   not available.
 
-The last line printed is `RESULT {json}` (every row), which benchmarks/gpu_check.sh collects.
+A `RESULT {json}` line (every row measured so far) follows each measurement; benchmarks/gpu_check.sh reads the last.
 
 Method: every process uses one torch thread (DataLoader workers do; the main process is set to it, since intra-op
 threads on busy cores slow these small ops down several times). Each measurement first runs one batch untimed
@@ -178,6 +178,23 @@ def measurements(a, files, rel, blobs, images, device, run_device) -> list:
     return ms
 
 
+def summarise(ms: list, got: list, device) -> list:
+    "(name, workers, img/s, img/s per worker) rows: the median of the rounds measured so far of each measurement."
+    rows = []
+    for (name, w, _), rs in zip(ms, got):
+        if not rs: continue
+        if isinstance(rs[0], tuple):                                           # the device path: total, read, device
+            total, read, dev = (statistics.median(r[j] for r in rs) for j in range(3))
+            base = name.split(':')[0]
+            if CPU_DECODE_FALLBACKS[0]: name += f' ({CPU_DECODE_FALLBACKS[0]} batches decoded on the CPU: the device refused them)'
+            rows += [(name, w, total, total), (f'{base}: file reading only (main thread)', w, read, read),
+                     (f'{base}: decode + transforms only ({device.type})', '-', dev, None)]
+        else:
+            r = statistics.median(rs)
+            rows.append((name, w, r, r / max(w, 1) if isinstance(w, int) else r))
+    return rows
+
+
 def shard_measurements(a, ds, tf) -> list:
     "ShardStream + shard_loader over the same files, written once to temporary tar shards, per worker count."
     from beitv2_lab.shards import ShardStream, shard_loader, write_shards
@@ -233,19 +250,15 @@ def main():
 
     ms = measurements(a, files, rel, blobs, images, device, run_device)
     got = [[] for _ in ms]
+    def result(rows):     # a RESULT after every measurement (the table reads the last): a part killed at its limit keeps them
+        emit('loader', **env_info(device), data_path=a.data_path, n_files=len(full), n_images=a.n_images,
+             batch_size=a.batch_size, target_img_s=a.target_img_s, device_path=device.type if run_device else None,
+             rows=[dict(path=name, workers=w, img_s=r, img_s_per_worker=per) for name, w, r, per in rows])
     for _ in range(a.repeats):
-        for i, (_, _, fn) in enumerate(ms): got[i].append(fn())
-    rows = []
-    for (name, w, _), rs in zip(ms, got):
-        if isinstance(rs[0], tuple):                                           # the device path: total, read, device
-            total, read, dev = (statistics.median(r[j] for r in rs) for j in range(3))
-            base = name.split(':')[0]
-            if CPU_DECODE_FALLBACKS[0]: name += f' ({CPU_DECODE_FALLBACKS[0]} batches decoded on the CPU: the device refused them)'
-            rows += [(name, w, total, total), (f'{base}: file reading only (main thread)', w, read, read),
-                     (f'{base}: decode + transforms only ({device.type})', '-', dev, None)]
-        else:
-            r = statistics.median(rs)
-            rows.append((name, w, r, r / max(w, 1) if isinstance(w, int) else r))
+        for i, (_, _, fn) in enumerate(ms):
+            got[i].append(fn())
+            result(summarise(ms, got, device))
+    rows = summarise(ms, got, device)
     print(f"\n{'path':60s} {'workers':>7s} {'img/s':>8s} {'img/s/worker':>12s} {'workers for target':>18s}")
     for name, w, r, per in rows:
         per_s, need_w = (f'{per:.0f}', f'{math.ceil(a.target_img_s / per)}') if per else ('-', '-')
@@ -253,11 +266,9 @@ def main():
     if not run_device: print('GPU path (decode_jpeg on cuda + v2 ops on device): not available, no CUDA device here '
                              '(--device cpu runs the same batched code on the CPU)')
     elif device.type == 'cuda':
+        dev = next(r for name, _, r, _ in rows if ': decode + transforms only' in name)   # img/s of the device work alone
         print(f'GPU: decode + transforms take {1e6 / dev:.1f} us of GPU time per image = '
               f'{100 * a.target_img_s / dev:.1f}% of the GPU at {a.target_img_s:g} img/s (time the step cannot use)')
-    emit('loader', **env_info(device), data_path=a.data_path, n_files=len(full), n_images=a.n_images,
-         batch_size=a.batch_size, target_img_s=a.target_img_s, device_path=device.type if run_device else None,
-         rows=[dict(path=name, workers=w, img_s=r, img_s_per_worker=per) for name, w, r, per in rows])
 
 
 if __name__ == '__main__':
