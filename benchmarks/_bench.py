@@ -80,7 +80,23 @@ def measure(step, dev, warmup: int, repeats: int) -> dict:
     times = []
     for _ in range(repeats):
         sync(dev); t = time.perf_counter(); step(); sync(dev); times.append(time.perf_counter() - t)
-    return dict(first_step_s=first[0], times=times, loss=loss.item(), **mem)
+    syncs = cuda_syncs(step, dev)
+    return dict(first_step_s=first[0], times=times, loss=loss.item(), **mem, **({} if syncs is None else dict(cuda_syncs=syncs)))
+
+
+def cuda_syncs(step, dev) -> int | None:
+    """Synchronising CUDA calls in one more call of `step`, as CUDA's own sync debug mode reports them (the GPU side of
+    the tests' `core.HostSyncs`); None off CUDA."""
+    if torch.device(dev).type != 'cuda': return None
+    import warnings
+    sync(dev)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        torch.cuda.set_sync_debug_mode('warn')
+        try: step()
+        finally: torch.cuda.set_sync_debug_mode('default')
+    sync(dev)
+    return sum('synchroniz' in str(w.message) for w in caught)
 
 
 def compile_model(model, backend: str = 'inductor'):

@@ -60,7 +60,8 @@ def step_rows(res: dict, what: str) -> list:
         ratio = '' if enc else 'baseline' if base is r else f"x{r['ips'] / base['ips']:.2f}"
         mfu = f"{r['mfu']:.1%}" if 'mfu' in r else na('CPU: no peak' if not cuda else 'no FLOP count')
         rows.append((label, conf, f"{r['ips']:.1f} img/s", mem(r, cuda), ratio, mfu,
-                     f"first step {r['first_step_s']:.1f} s" + payback(name, r, res['configs'], res['batch_size'])))
+                     f"first step {r['first_step_s']:.1f} s" + payback(name, r, res['configs'], res['batch_size'])
+                     + (f"; {r['cuda_syncs']} host syncs in a step" if 'cuda_syncs' in r else '')))
     return rows
 
 
@@ -147,7 +148,9 @@ def table(logdir: Path, gpu: str, peak_tflops: float, total_s: float | None) -> 
     lines = [f"GPU: {gpu}",
              f"torch {first.get('torch', '?')}, CUDA {first.get('cuda', '?')}, "
              f"benchmarks ran on: {first.get('device_name', '?')}",
-             f"MFU = FLOPs/image (FlopCounterMode) x img/s / {peak_tflops:g} TFLOP/s (dense bf16 peak; --peak-tflops)",
+             f"MFU = FLOPs/image (FlopCounterMode) x img/s / {peak_tflops:g} TFLOP/s (dense bf16 peak; --peak-tflops)"
+             + ("; host syncs in a step: CUDA's sync debug mode, one step after the timed ones (0 expected, as "
+                "tests/test_host_syncs.py shows on CPU)" if first.get('device') == 'cuda' else ''),
              'parts: ' + '; '.join(f"{p} {status_text(*status[p]) if p in status else 'not run'}" for p in PARTS)
              + (f'; total {total_s:.0f} s' if total_s is not None else ''), '',
              '| part | what | configuration | result | peak memory | vs baseline | MFU | notes |',
