@@ -215,29 +215,29 @@ def worker_pids(pid: int) -> list[int]:
     return sorted(found)
 
 class ResumeRecorder(NodeThreads):
-    "`NodeThreads`, plus a line in `out_dir/resumed.txt`: the worker, the checkpoint it resumes from, its store mode."
+    "`NodeThreads`, plus a line in `out_dir/resumed.txt`: the worker, the checkpoint it resumes from, its store mode, its agent's restarts."
     def build(self, cfg, device):
         self.out_dir = Path(cfg.out_dir); return super().build(cfg, device)
     def load_extra_state(self, built, tensors):              # called by the loop only when it resumes
         from beitv2_lab.distrib import get_rank
         shared = os.environ.get('TORCHELASTIC_USE_AGENT_STORE')              # 'True': torch elastic's shared store
-        with open(self.out_dir/'resumed.txt', 'a') as f: f.write(f'rank {get_rank()} {latest_checkpoint(self.out_dir).name} {shared}\n')
+        restarts = os.environ.get('TORCHELASTIC_RESTART_COUNT')             # this node's agent's restarts
+        with open(self.out_dir/'resumed.txt', 'a') as f:
+            f.write(f'rank {get_rank()} {latest_checkpoint(self.out_dir).name} {shared} {restarts}\n')
         super().load_extra_state(built, tensors)
 
-@pytest.mark.parametrize('shared_store', [False, True], ids=['fresh-store-per-round', 'shared-store-prefixed'])
-def test_worker_killed_restarts_and_resumes_bit_identical(tmp_path, ddp_reference, shared_store):
-    """SIGKILL one of 2 workers after the first checkpoint: torch elastic (max_restarts=1) restarts the group, which
-    resumes from the latest checkpoint and ends bit-identical to the uninterrupted run. One restart must be enough:
-    the restarted group meets in a store of its own, fresh per rendezvous round (what `launch` asks torch for) or, with
-    torch's shared store (as under a plain `torchrun`), under a prefix per restart; with neither it read the killed
-    group's gloo addresses and never connected."""
+def test_worker_killed_restarts_and_resumes_bit_identical(tmp_path, ddp_reference):
+    """SIGKILL one of 2 workers of one node after the first checkpoint: torch elastic (max_restarts=1) restarts the
+    group, which resumes from the latest checkpoint and ends bit-identical to the uninterrupted run. One restart must
+    be enough. Here under torch's shared store (as under a plain `torchrun`): the restarted group meets under a prefix
+    per restart; without it, it read the killed group's gloo addresses and never connected. `launch`'s own mode, a
+    fresh store per rendezvous round, is tested on two nodes below (the harder case: the agents' restart counts differ)."""
     rdir = tmp_path/'run'
     code = (f"import sys, logging; sys.path.insert(0, {str(REPO/'tests')!r}); logging.basicConfig(level=logging.INFO); "
             f"from test_harness import ResumeRecorder; from beitv2_lab.task_vqkd import VQKDConfig; from beitv2_lab.train import run; "
             f"run(ResumeRecorder(), VQKDConfig(**{DDP!r}), nproc_per_node=2, max_restarts=1, out_dir={str(rdir)!r})")
     env = dict(passive_env(), BEITV2_LAB_CONNECT_TIMEOUT='30')
-    env.pop('TORCH_DISABLE_SHARE_RDZV_TCP_STORE', None)              # fresh mode: what `launch` sets by itself
-    if shared_store: env['TORCH_DISABLE_SHARE_RDZV_TCP_STORE'] = '0'  # torch's default, as under a plain torchrun
+    env['TORCH_DISABLE_SHARE_RDZV_TCP_STORE'] = '0'                  # torch's default, as under a plain torchrun
     log = open(tmp_path/'launcher.log', 'w')
     proc = subprocess.Popen([sys.executable, '-c', code], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, env=env)
@@ -257,7 +257,7 @@ def test_worker_killed_restarts_and_resumes_bit_identical(tmp_path, ddp_referenc
     assert proc.returncode == 0, text[-4000:]
     resumed = sorted((rdir/'resumed.txt').read_text().splitlines())
     assert [l.split()[1] for l in resumed] == ['0', '1'], resumed        # both workers of the new group resumed, once
-    assert {l.split()[3] for l in resumed} == {str(shared_store)}, resumed  # in the store mode under test
+    assert {l.split()[3] for l in resumed} == {'True'}, resumed           # in torch's shared store
     assert len({l.split()[2] for l in resumed}) == 1 and 'step_0000004' <= resumed[0].split()[2] < 'step_0000024', resumed
     assert same_weights(rdir/'tokenizer.safetensors', ddp_reference/'tokenizer.safetensors')
     assert strip_speed(read_metrics(rdir)) == strip_speed(read_metrics(ddp_reference))
@@ -287,3 +287,39 @@ def test_non_finite_loss_keeps_last_checkpoint(tmp_path):
     assert {p.name: p.read_bytes() for p in sorted(task.ckpt.iterdir())} == task.before
     assert sorted(p.name for p in (rdir/'checkpoints').iterdir()) == ['step_0000004']
     assert not (rdir/'tokenizer.safetensors').exists() and not (rdir/'summary.json').exists()
+
+
+def test_worker_killed_on_one_of_two_nodes(tmp_path, ddp_reference):
+    """Two 'nodes' (1 worker each, `launch`'s fresh store per round): SIGKILL node 1's worker after the first checkpoint.
+    Its agent restarts it (restart count 1) and node 0's agent restarts its healthy worker to admit the new round
+    (its count stays 0): the new group meets anyway, resumes from the checkpoint and ends bit-identical."""
+    rdir, endpoint = tmp_path/'run', f'127.0.0.1:{free_port()}'
+    code = (f"import sys, logging; sys.path.insert(0, {str(REPO/'tests')!r}); logging.basicConfig(level=logging.INFO); "
+            f"from test_harness import ResumeRecorder; from beitv2_lab.task_vqkd import VQKDConfig; from beitv2_lab.train import run; "
+            f"run(ResumeRecorder(), VQKDConfig(**{DDP!r}), nproc_per_node=1, nnodes=2, rdzv_endpoint={endpoint!r}, "
+            f"run_id='two-nodes-kill', max_restarts=1, out_dir={str(rdir)!r})")
+    env = dict(passive_env(), BEITV2_LAB_CONNECT_TIMEOUT='30')
+    env.pop('TORCH_DISABLE_SHARE_RDZV_TCP_STORE', None)
+    procs = [subprocess.Popen([sys.executable, '-c', code], cwd=tmp_path, stdout=open(tmp_path/f'node{k}.log', 'w'),
+                              stderr=subprocess.STDOUT, start_new_session=True, env=env) for k in range(2)]
+    try:
+        deadline = time.time() + 300
+        while not (rdir/'checkpoints'/'step_0000004').exists():
+            assert all(p.poll() is None for p in procs) and time.time() < deadline, 'a node ended or hung before the first checkpoint'
+            time.sleep(0.02)
+        ws = [worker_pids(p.pid) for p in procs]
+        assert [len(w) for w in ws] == [1, 1], ws
+        os.kill(ws[1][0], signal.SIGKILL)
+        assert not (rdir/'tokenizer.safetensors').exists(), 'the run finished before the worker was killed'
+        for p in procs: p.wait(timeout=max(1, deadline - time.time()))
+    finally:
+        for p in procs:
+            if p.poll() is None: os.killpg(p.pid, signal.SIGKILL); p.wait()
+    logs = [(tmp_path/f'node{k}.log').read_text() for k in range(2)]
+    for k, p in enumerate(procs): assert p.returncode == 0, f'node {k} exited {p.returncode}:\n{logs[k][-4000:]}'
+    resumed = sorted((rdir/'resumed.txt').read_text().splitlines())
+    assert [l.split()[1] for l in resumed] == ['0', '1'], resumed
+    assert {l.split()[3] for l in resumed} == {'False'}, resumed               # launch's fresh store per round
+    assert sorted(l.split()[4] for l in resumed) == ['0', '1'], resumed        # node 0 restarted to admit, node 1 after the kill
+    assert same_weights(rdir/'tokenizer.safetensors', ddp_reference/'tokenizer.safetensors')
+    assert strip_speed(read_metrics(rdir)) == strip_speed(read_metrics(ddp_reference))
