@@ -37,8 +37,7 @@
 #   Run it through the device tool with timeout_s=600: the budget ends the parts by ~490 s and the table follows.
 # The device tool's machine has its own python3 (3.12) and torch (2.11 there, not the 2.14 of constraints.txt): the
 # table prints the versions that ran. It lacks some pure-Python packages; fetch them here once into .whl (ignored by
-# git through .git/info/exclude), carry `.whl`, and this script installs them into a temporary folder first:
-#   echo /.whl/ >> .git/info/exclude
+# git: .gitignore), carry `.whl`, and this script installs them into a temporary folder first:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #     fastcore==1.14.5 vector-quantize-pytorch==1.32.0 einx==0.4.3 frozendict==2.5.1 loguru==0.7.3 \
