@@ -103,6 +103,10 @@ class EmbeddingEMA(nn.Module):
     def forward(self, tok_ids: torch.Tensor) -> torch.Tensor: return F.embedding(tok_ids, self.weight)
 
 # %% ../nbs/11_codebook.ipynb #278cb809
+def _forget_initted(module, incompatible_keys):
+    "After `load_state_dict`: read `embedding.initted` again at the next training call (a module-level hook: the module pickles)."
+    module._initted = False
+
 class NormEMAVectorQuantizer(nn.Module):
     "VQ-KD's quantizer: l2-normalised codes, cosine nearest code, EMA updates, synced k-means init and dead-code restarts."
     def __init__(self,
@@ -134,7 +138,7 @@ class NormEMAVectorQuantizer(nn.Module):
         self.register_buffer('window_usage', torch.zeros(codebook_size, dtype=torch.long), persistent=False)
         self.register_buffer('restarts', torch.zeros((), dtype=torch.long), persistent=False)
         self._initted = False       # `embedding.initted` seen set (read once, not every step); forgotten on load_state_dict
-        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, '_initted', False))
+        self.register_load_state_dict_post_hook(_forget_initted)
 
     @property
     def codebook(self) -> torch.Tensor: return self.embedding.weight

@@ -5,14 +5,17 @@
 # %% ../nbs/00_core.ipynb #94c19bbd
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
 import tempfile
+import traceback
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 # %% auto #0
 __all__ = ['KIND_KEY', 'exists', 'default', 'l2norm', 'atomic_path', 'save_tagged', 'read_header', 'load_tagged', 'cpu_flags',
@@ -119,9 +122,6 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 # %% ../nbs/00_core.ipynb #a243cc21
-import collections, traceback
-from torch.overrides import TorchFunctionMode
-
 _READS = {'item', 'tolist', '__bool__', '__int__', '__float__', '__index__', '__complex__', 'equal', 'allclose'}
 _DYNAMIC = {'nonzero', 'argwhere', 'unique', 'unique_consecutive', 'bincount', 'masked_select'}
 _MASK_OPS = {'__getitem__', '__setitem__', 'index_put_', 'index_put'}

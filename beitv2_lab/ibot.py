@@ -22,7 +22,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from .core import default, exists, load_tagged, save_tagged, value_checks
 from .distrib import all_reduce_mean
 from .masking import ibot_masks
-from .mim import BEiTv2
+from .mim import BEiTv2, mask_selector
 from .tokenizer import tokenizer_header
 
 # %% auto #0
@@ -193,9 +193,8 @@ def forward(self: IBOTLoss,
     logp_cls = F.log_softmax(student_cls.float() / self.student_temp, -1).view(V, B, -1)
     ce = -torch.einsum('gbk,vbk->gv', q_cls, logp_cls) / B                               # [G, V] pair means
     cls_loss = (ce.sum() - ce.diagonal().sum()) / (G * V - G) * self.lambda1                # mean over pairs g != v
-    rows = masks.flatten().to(torch.uint8).argsort(descending=True, stable=True)[:len(student_patch)]  # = masks.flatten().nonzero()
-    q_masked = F.softmax((tp.flatten(0, 1)[rows] - self.patch_center[0]) / t_patch, -1)    # [M, Kp], masked rows only (M from
-                                                                                           # the student's rows: no host sync)
+    tp_masked = mask_selector(masks, total=len(student_patch))(tp)                        # M from the student's rows: no sync
+    q_masked = F.softmax((tp_masked - self.patch_center[0]) / t_patch, -1)                 # [M, Kp], masked rows only
     ce_tok = -(q_masked * F.log_softmax(student_patch.float() / self.student_temp, -1)).sum(-1)   # [M]
     n_img = masks.sum(1)                                                                     # [G·B] masked per image
     per_image = n_img.clamp(min=1).repeat_interleave(n_img, output_size=len(ce_tok))         # each token's image count (M known: no sync)

@@ -171,19 +171,20 @@ def forward_aggregation(self: BEiTv2, x: torch.Tensor, early: torch.Tensor) -> t
 
 def mask_selector(bool_masked_pos: torch.Tensor,   # [B, N] bool
                   num_masked: int | None = None,   # masked patches in EVERY row, when the host knows it (exact masks)
+                  total: int | None = None,        # or the masked patches of the whole batch, when the host knows that
                  ):                                # x [B, N, ...] -> x[bool_masked_pos] [M, ...]
     """The rows `x[bool_masked_pos]` (row-major) as a function of `x`, for any number of tensors `x [B, N, ...]`.
     Boolean indexing reads the mask to size its output, a host sync on a GPU (and a graph break for `torch.compile`)
-    at every use; here the number of masked rows is read once (None: one sync) or given: when every mask holds exactly
-    `num_masked` patches (BEiT v2's exact blockwise masks, random masks) the rows come from a fixed-size gather."""
-    if num_masked is None:
-        rows = bool_masked_pos.flatten().to(torch.uint8).argsort(descending=True, stable=True)
-        rows = rows[:int(bool_masked_pos.sum())]                                # the one sync: M, the masked rows' number
-        return lambda x: x.flatten(0, 1)[rows]
-    if value_checks() and not bool((bool_masked_pos.sum(1) == num_masked).all()):
-        raise ValueError(f'num_masked={num_masked}, but the masks hold {bool_masked_pos.sum(1).tolist()} patches per image')
-    idx = bool_masked_pos.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :num_masked]  # [B, m] ascending positions
-    return lambda x: x.gather(1, idx.view(*idx.shape, *(1,) * (x.dim() - 2)).expand(*idx.shape, *x.shape[2:])).flatten(0, 1)
+    at every use. Here the masked positions come first in a stable sort of the flat mask, and the first M of them are
+    gathered: M comes from the host when it knows it (`num_masked` for exact masks such as BEiT v2's blockwise and
+    random masks, or `total`), else it is read once (one sync) for every use."""
+    if num_masked is not None:
+        if value_checks() and not bool((bool_masked_pos.sum(1) == num_masked).all()):
+            raise ValueError(f'num_masked={num_masked}, but the masks hold {bool_masked_pos.sum(1).tolist()} patches per image')
+        total = num_masked * bool_masked_pos.shape[0]
+    if total is None: total = int(bool_masked_pos.sum())                        # the one sync: M, the masked rows' number
+    rows = bool_masked_pos.flatten().to(torch.uint8).argsort(descending=True, stable=True)[:total]   # [M], row-major
+    return lambda x: x.flatten(0, 1)[rows]
 
 @patch
 def forward_masked(self: BEiTv2, images: torch.Tensor, bool_masked_pos: torch.Tensor, num_masked: int | None = None,

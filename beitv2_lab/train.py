@@ -400,7 +400,6 @@ class Built:
     ddp: dict = field(default_factory=dict)    # DistributedDataParallel options
     train_module: torch.nn.Module | None = None  # the part DDP wraps and `step` calls (default: `model`)
     net: torch.nn.Module | None = None         # set by the loop: `train_module` wrapped in DDP (and compiled after the first step)
-    compiled: torch.nn.Module | None = None    # set by the loop: `torch.compile(net)` when the run compiles
     optimizer: torch.optim.Optimizer | None = None  # set by the loop
     device: torch.device | None = None         # set by the loop
     cfg: object = None                         # set by the loop: the run's config (for `finish` and the hooks)
@@ -443,7 +442,7 @@ def resolve_compile(compile, device: torch.device, steps: int) -> bool:
     return device.type == 'cuda' and steps >= AUTO_COMPILE_STEPS
 
 def _setup(task: Task, cfg, device) -> tuple[Built, dict | None]:
-    "Build, make the optimizer, resume (weights, optimizer, RNG, task state), wrap in DDP / compile."
+    "Build, make the optimizer, resume (weights, optimizer, RNG, task state), wrap in DDP (`fit` compiles after its first step)."
     _set_cpu_threads(device)
     torch.manual_seed(cfg.seed)
     built = task.build(cfg, device)
@@ -452,7 +451,6 @@ def _setup(task: Task, cfg, device) -> tuple[Built, dict | None]:
     state = resume(cfg, built.model, built.optimizer, keys=DATA_KEYS + task.resume_keys)
     if state: task.load_extra_state(built, state['extra'])
     built.net = torch.nn.parallel.DistributedDataParallel(trained, **built.ddp) if is_dist() else trained
-    built.compiled = torch.compile(built.net) if resolve_compile(cfg.compile, device, cfg.steps) else None
     return built, state
 
 # %% ../nbs/31_train.ipynb #998af0a5
@@ -493,9 +491,9 @@ def fit(task: Task, cfg) -> dict:
     device, out, world = resolve_device(cfg.device), Path(cfg.out_dir), get_world_size()
     precision = resolve_precision(cfg.precision, device)
     heap = device.type == 'cpu' and keep_freed_memory()          # large activations reuse freed pages (core.keep_freed_memory)
+    compiles = resolve_compile(cfg.compile, device, cfg.steps)
     if is_main(): log.info('%s: precision %s (%s), %s (compile %s) on %s%s', task.name, precision, cfg.precision,
-                           'compiled' if resolve_compile(cfg.compile, device, cfg.steps) else 'eager', cfg.compile,
-                           device, ', freed memory kept' * heap)
+                           'compiled' if compiles else 'eager', cfg.compile, device, ', freed memory kept' * heap)
     built, state = _setup(task, cfg, device)
     start = state['step'] if state else 0
     position = state['positions'][get_rank()] if state else 0                  # items this rank's stream has drawn
@@ -506,7 +504,7 @@ def fit(task: Task, cfg) -> dict:
     built.model.train(); t0, seen, watch = time.perf_counter(), 0, NonFiniteWatch(device)
     for step in range(start, cfg.steps):
         batch = to_device(next(batches), device)
-        if step == start + 1 and built.compiled is not None: built.net = built.compiled   # compiled once, for trusted steps
+        if step == start + 1 and compiles: built.net = torch.compile(built.net)   # once, for the trusted steps
         with trusted_inputs(step > start):            # the run's first batch is checked, the rest come the same way
             res, lr, gnorm = _train_step(task, built, cfg, batch, step, precision, watch)
         seen += len(batch['index']); pbar.update(1)
