@@ -190,7 +190,7 @@ def main():
               f"{what} {r['peak_bytes'] / 2**20:8.0f} MiB")
         if name == 'ours': result()
     if not has_lightly: c = dict(error='lightly not installed')
-    if all('med' in r for r in res.values()):
+    if has_lightly and all('med' in r for r in res.values()):
         o, l = res['ours'], res['lightly']
         print(f"ours / lightly: time x{o['med'] / l['med']:.2f}, memory x{o['peak_bytes'] / max(l['peak_bytes'], 1):.2f}")
     if not has_lightly: print('lightly is not installed (pip install lightly): ours only'); res['lightly'] = c

@@ -120,6 +120,7 @@ def drive_dashboards(nb: LabNotebook, run_timeout: float = 180) -> dict:
     return times
 
 
+@pytest.mark.serial
 def test_dashboards_in_jupyterlab(lab, page):
     """nbs/codebook_gallery.ipynb on Imagenette, run in JupyterLab + Chromium: moving a control of the mask explorer
     and of the codebook gallery changes what each renders (and only that)."""

@@ -10,6 +10,8 @@ import datetime
 import os
 import socket
 
+import pytest
+
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -62,6 +64,7 @@ def _worker(rank: int, port: int, out_dir: str):
     dist.destroy_process_group()
 
 
+@pytest.mark.serial
 def test_synced_codebook_identical_across_ranks(tmp_path):
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     r0, r1 = (torch.load(tmp_path/f'rank{r}.pt') for r in range(WORLD))

@@ -1,5 +1,6 @@
 """The GPU check (benchmarks/gpu_check.sh) on a CPU: `--smoke` runs every part's code path at tiny shapes and prints
 one markdown table with a figure for every part; the workers of the full (GPU) run get every flag they need."""
+import os
 import re
 import subprocess
 import sys
@@ -26,27 +27,37 @@ def parse_table(text: str) -> dict:
     return parts
 
 
-@pytest.fixture(scope='module')
-def smoke(tmp_path_factory):
-    logs = tmp_path_factory.mktemp('gpu_check')
+PEERS = ('lightly', 'vector_quantize_pytorch')   # the peer libraries the benchmarks measure against
+PEER_ROWS = ('lightly', 'vector-quantize-pytorch')  # their rows in the table
+
+
+@pytest.fixture(scope='module', params=['peers installed', 'peers missing'])
+def smoke(request, tmp_path_factory):
+    "The smoke check, as set up by the README, and again with every peer made unimportable (a machine without them)."
+    logs, env = tmp_path_factory.mktemp('gpu_check'), dict(os.environ)
+    if request.param == 'peers missing':
+        shim = tmp_path_factory.mktemp('no_peers')
+        for name in PEERS:                    # a package that shadows the installed one and fails to import, as a missing one does
+            (shim/name).mkdir(); (shim/name/'__init__.py').write_text(f'raise ImportError("{name} hidden by the test")')
+        env['PYTHONPATH'] = f"{shim}{os.pathsep}{env.get('PYTHONPATH', '')}"
     out = subprocess.run(['bash', str(REPO/'benchmarks'/'gpu_check.sh'), '--smoke', '--logs', str(logs)],
-                         capture_output=True, text=True, timeout=240, cwd=REPO)
-    return out, logs
+                         capture_output=True, text=True, timeout=420, cwd=REPO, env=env)
+    return out, logs, request.param
 
 
 def test_smoke_table_has_a_figure_for_every_part(smoke):
-    out, logs = smoke
+    out, logs, peers = smoke
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert (logs/'table.md').read_text().strip() in out.stdout
     parts = parse_table(out.stdout)
     assert list(parts) == list(PARTS)
     for part, rows in parts.items():
         for row in rows:
-            res = row['result']
-            if FIGURE.match(res): continue
-            # the only figures a CPU cannot give: the GPU decode path, and lightly where it is not installed
-            allowed = row['configuration'].startswith('GPU:') or (row['configuration'] == 'lightly'
-                                                                   and 'lightly not installed' in res)
+            res, conf = row['result'], row['configuration']
+            missing_peer = peers == 'peers missing' and conf in PEER_ROWS
+            if FIGURE.match(res) and not missing_peer: continue
+            # the only figures a CPU cannot give: the GPU decode path, and a peer's where it is missing
+            allowed = conf.startswith('GPU:') or (missing_peer and 'not installed' in res)
             assert allowed and re.match(r'^n/a \(.+\)$', res), f'{part}: {row}'
     confs = lambda p: [r['configuration'] for r in parts[p]]
     assert confs('MIM step') == ['fp32 eager', 'bf16 eager', 'bf16 + compile']

@@ -156,6 +156,7 @@ def notebook_text_and_errors(path) -> tuple[str, list]:
     text = ''.join(''.join(o.get('text', '')) + ''.join(o.get('data', {}).get('text/plain', '')) for o in outs)
     return text, [o for o in outs if o.get('output_type') == 'error']
 
+@pytest.mark.serial
 def test_two_nodes_on_localhost_one_worker_killed(tmp_path, ddp_reference):
     """The same papermill command on two 'nodes' (1 worker each, `max_restarts 1`), and node 1's worker SIGKILLed after
     the first checkpoint: its agent restarts it, node 0's agent restarts its healthy worker to admit the new round
@@ -241,6 +242,7 @@ class ResumeRecorder(NodeThreads):
         with open(self.out_dir/'resumed.txt', 'a') as f: f.write(f'rank {get_rank()} {latest_checkpoint(self.out_dir).name} {shared}\n')
         super().load_extra_state(built, tensors)
 
+@pytest.mark.serial
 def test_worker_killed_restarts_and_resumes_bit_identical(tmp_path, ddp_reference):
     """SIGKILL one of 2 workers of one node after the first checkpoint: torch elastic (max_restarts=1) restarts the
     group, which resumes from the latest checkpoint and ends bit-identical to the uninterrupted run. One restart must
