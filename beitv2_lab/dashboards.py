@@ -5,10 +5,13 @@
 # %% ../nbs/51_dashboards.ipynb #cf17bece
 from __future__ import annotations
 
+import base64
+import html
 import io
 import json
 import logging
 import os
+import textwrap
 import threading
 import weakref
 from pathlib import Path
@@ -23,14 +26,16 @@ from scipy import ndimage
 
 from .core import default, exists
 from .codebook import perplexity
+from .gallery import CodeGallery, NotApplicable, tokenizer_facts
 from .masking import MaskGenerator
 from .train import read_metrics
 
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['USAGE_KEY', 'block_sizes', 'MaskExplorer', 'read_code_usage', 'code_usage_stats', 'UtilisationDashboard',
-           'CodebookGallery', 'embed_codes', 'CodeMap']
+__all__ = ['USAGE_KEY', 'FINAL_FILES', 'PANELS', 'NO_EMA_COUNT', 'block_sizes', 'MaskExplorer', 'read_code_usage',
+           'code_usage_stats', 'final_tokenizer', 'run_kind', 'UtilisationDashboard', 'CodebookGallery', 'embed_codes',
+           'CodeMap']
 
 # %% ../nbs/51_dashboards.ipynb #0ca305dc
 def _png(fig: Figure) -> bytes:
@@ -215,14 +220,21 @@ MaskExplorer._on_grid, MaskExplorer._on_change, MaskExplorer._update = _on_grid,
 # %% ../nbs/51_dashboards.ipynb #81926a5e
 USAGE_KEY = 'quantize.cluster_size'
 
-def read_code_usage(path: str | os.PathLike, # a tokenizer or checkpoint `model.safetensors`
+def read_code_usage(path: str | os.PathLike, # a VQ-KD tokenizer, a VQ-KD checkpoint's `model.safetensors`, or an official VQ-KD .pth
                    ) -> tuple[np.ndarray, float]: # EMA count per code [K], dead-code threshold
     "The EMA count of every code (`quantize.cluster_size`) and the dead-code threshold stored with it."
     from safetensors import safe_open
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f'no such file: {path}')
+    missing = (f"{path} holds no {USAGE_KEY!r}: only a VQ-KD tokenizer keeps an EMA count per code; "
+               "measure any tokenizer's usage by encoding images (`gallery.build_gallery`)")
+    if path.suffix != '.safetensors':                              # official layout: a torch file, maybe {'model': ...}
+        sd = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+        sd = sd['model'] if isinstance(sd.get('model'), dict) else sd
+        if USAGE_KEY not in sd: raise ValueError(missing)
+        return sd[USAGE_KEY].double().numpy(), 1e-3
     with safe_open(str(path), 'pt') as f:
-        if USAGE_KEY not in f.keys(): raise ValueError(f'{path} holds no {USAGE_KEY!r} (not a VQ-KD tokenizer?)')
+        if USAGE_KEY not in f.keys(): raise ValueError(missing)
         usage, meta = f.get_tensor(USAGE_KEY).double().numpy(), f.metadata() or {}
     try: thr = float(json.loads(meta.get('config', '{}')).get('dead_code_threshold', 1e-3))
     except (json.JSONDecodeError, TypeError, ValueError): thr = 1e-3
@@ -238,19 +250,66 @@ def code_usage_stats(usage: np.ndarray,   # EMA count per code [K]
     return dict(codebook_size=len(u), dead=dead, threshold=threshold, utilisation=100 * (1 - dead / max(len(u), 1)),
                 perplexity=perplexity(u), sorted=np.sort(u)[::-1])
 
+# %% ../nbs/51_dashboards.ipynb #9df56250
+FINAL_FILES = ('tokenizer.safetensors', 'dvae.safetensors')  # what a run's `finish` writes: VQ-KD and iBOT, dVAE
+_SYNC_KEYS = {'codebook_in_sync': 'vqkd', 'usage_in_sync': 'dvae', 'teacher_in_sync': 'ibot'}  # each task's per-row check
+
+def final_tokenizer(run_dir: str | os.PathLike) -> Path | None:
+    "The tokenizer file a finished run wrote; None while it runs (or for a run that makes no tokenizer)."
+    return next((p for p in (Path(run_dir)/f for f in FINAL_FILES) if p.is_file()), None)
+
+def run_kind(run_dir: str | os.PathLike,                 # the run's `out_dir`
+             tokenizer: str | os.PathLike | None = None,  # its tokenizer file (default: `final_tokenizer(run_dir)`)
+             rows: list | None = None,                   # its metric rows (default: read them)
+            ) -> str | None:                             # 'vqkd', 'dvae', 'ibot'; None while nothing tells
+    "The kind of tokenizer a run trains: its tokenizer file's tag, else the sync check its metric rows carry."
+    from beitv2_lab.tokenizer import tokenizer_info
+    f = tokenizer or final_tokenizer(run_dir)
+    if f is not None: return tokenizer_info(f)['kind']
+    for r in (read_metrics(run_dir) if rows is None else rows):
+        if kind := next((v for k, v in _SYNC_KEYS.items() if k in r), None): return kind
+    return None
+
+# %% ../nbs/51_dashboards.ipynb #7a998403
+def _unused_prototypes(row: dict) -> int | None:
+    used, util = row.get('patch_codes_used'), row.get('patch_utilisation')
+    return round(100 * used / util) - used if isinstance(used, int) and util else None
+
+_DERIVED = {'K - patch_codes_used': _unused_prototypes}   # panel sources computed from a row rather than logged
+_NO_RESTARTS = "{} never restarts codes: dead-code restarts belong to VQ-KD's quantizer"
+PANELS = {   # kind -> the metric behind each curve panel, or why the panel does not apply
+    'vqkd': dict(utilisation='utilisation', perplexity='perplexity', dead_codes='dead_codes', restarts='restarts'),
+    'dvae': dict(utilisation='utilisation', perplexity='perplexity', dead_codes='dead_codes',
+                 restarts=NotApplicable(_NO_RESTARTS.format('a dVAE'))),
+    'ibot': dict(utilisation='patch_utilisation', perplexity='patch_perplexity', dead_codes='K - patch_codes_used',
+                 restarts=NotApplicable(_NO_RESTARTS.format('iBOT'))),
+}
+NO_EMA_COUNT = {   # kinds whose files hold no count per code, and why
+    'dvae': NotApplicable("a dVAE keeps no running count per code (the EMA count is VQ-KD's quantizer's)"),
+    'ibot': NotApplicable("iBOT's prototypes keep no running count (the EMA count is VQ-KD's quantizer's)"),
+}
+
 # %% ../nbs/51_dashboards.ipynb #aaf1c50e
-_CURVES = ('utilisation', 'perplexity', 'dead_codes', 'restarts')
+def _as_gallery(gallery) -> CodeGallery:
+    if isinstance(gallery, (str, os.PathLike)): return CodeGallery.load(gallery)   # FileNotFoundError / ValueError
+    if not isinstance(gallery, CodeGallery): raise TypeError(f'gallery must be a CodeGallery or a path to a saved one, got {type(gallery).__name__}')
+    return gallery
 
 class UtilisationDashboard:
-    "Codebook health of a VQ-KD run, read from its metrics and checkpoints; refreshes while the run writes."
-    def __init__(self, run_dir: str | os.PathLike,  # the run's `out_dir`
-                 interval: float | None = None):    # seconds between automatic refreshes; None: only `refresh()`
+    "Codebook health of a tokenizer's training run (VQ-KD, dVAE, iBOT), read from its files; refreshes while the run writes."
+    def __init__(self, run_dir: str | os.PathLike,             # the run's `out_dir`
+                 interval: float | None = None,                # seconds between automatic refreshes; None: only `refresh()`
+                 tokenizer: str | os.PathLike | None = None,   # its final tokenizer file (default: the run's own); an official VQ-KD .pth too
+                 gallery=None):                                # a `CodeGallery` or its file: usage measured on images, any kind
         self.run_dir = Path(run_dir)
         if not self.run_dir.is_dir(): raise FileNotFoundError(f'run_dir not found: {self.run_dir}')
         if interval is not None and not interval > 0: raise ValueError(f'interval must be > 0 seconds or None, got {interval!r}')
-        self.rows, self._sig, self._usage_cache, self._thread, self._stop = [], None, {}, None, threading.Event()
+        self.tokenizer = None if tokenizer is None else Path(tokenizer)
+        if self.tokenizer is not None and not self.tokenizer.is_file(): raise FileNotFoundError(f'tokenizer file not found: {self.tokenizer}')
+        self.gallery = None if gallery is None else _as_gallery(gallery)
+        self.rows, self.kind, self._sig, self._usage_cache, self._thread, self._stop = [], None, None, {}, None, threading.Event()
         self._lock = threading.RLock()                      # refresh() runs from a button and the auto-refresh thread
-        self.source = _ctl(widgets.Dropdown(description='checkpoint'), 'b2l-util-source')
+        self.source = _ctl(widgets.Dropdown(description='usage of'), 'b2l-util-source')
         self.refresh_btn = _ctl(widgets.Button(description='Refresh', icon='refresh'), 'b2l-util-refresh')
         self.info, self.view = widgets.HTML(), _ctl(widgets.Image(format='png'), 'b2l-util-view')
         self.widget = _ctl(_vbox([widgets.HBox([self.source, self.refresh_btn]), self.info, self.view]), 'b2l-util')
@@ -268,71 +327,107 @@ def _stat(p: Path):
     try: s = p.stat(); return (s.st_mtime_ns, s.st_size)
     except FileNotFoundError: return None
 
+def _checkpoints(run_dir: Path) -> dict:
+    "'step N' -> model file of each complete checkpoint."
+    return {f'step {int(d.name[5:])}': d/'model.safetensors' for d in sorted((run_dir/'checkpoints').glob('step_*'))
+            if d.name[5:].isdigit() and (d/'model.safetensors').is_file()}
+
 def _sources(self: UtilisationDashboard) -> dict:
-    "Checkpoint name -> safetensors file holding the code usage: 'step N' for each checkpoint, then 'final'."
-    out = {}
-    for d in sorted((self.run_dir/'checkpoints').glob('step_*')):
-        if (d/'model.safetensors').is_file() and d.name[5:].isdigit(): out[f'step {int(d.name[5:])}'] = d/'model.safetensors'
-    if (self.run_dir/'tokenizer.safetensors').is_file(): out['final'] = self.run_dir/'tokenizer.safetensors'
+    "Usage source name -> the gallery ('measured') or the file holding an EMA count ('step N', 'final'; VQ-KD only)."
+    out = {'measured': self.gallery} if exists(self.gallery) else {}
+    if self.kind not in NO_EMA_COUNT:
+        out.update(_checkpoints(self.run_dir))
+        if (final := self.tokenizer or final_tokenizer(self.run_dir)) is not None: out['final'] = final
     return out
 
 def _signature(self: UtilisationDashboard) -> tuple:
-    files = [self.run_dir/'metrics.jsonl', *self.sources().values()]
-    return tuple((str(f), _stat(f)) for f in files)
+    files = [self.run_dir/'metrics.jsonl', *(self.run_dir/f for f in FINAL_FILES), *_checkpoints(self.run_dir).values()]
+    return tuple((str(f), _stat(f)) for f in files + ([self.tokenizer] if self.tokenizer else []))
 
 UtilisationDashboard.sources, UtilisationDashboard._signature = _sources, _signature
 
 # %% ../nbs/51_dashboards.ipynb #aa909f3d
+def _panels(self: UtilisationDashboard) -> dict:
+    "The metric behind each curve panel for the run's kind (`PANELS`; VQ-KD's names while the kind is unknown)."
+    return PANELS.get(self.kind, PANELS['vqkd'])
+
 def _curves(self: UtilisationDashboard) -> dict:
-    "`{metric: (steps, values)}` for utilisation, perplexity, dead codes and restarts (metrics present only)."
+    "`{panel: (steps, values)}` for the panels with data; `{panel: NotApplicable}` for those the kind does not have."
     out = {}
-    for k in _CURVES:
-        pts = [(r['step'], r[k]) for r in self.rows if 'step' in r and isinstance(r.get(k), (int, float))]
+    for k, src in self.panels().items():
+        if isinstance(src, NotApplicable): out[k] = src; continue
+        get = _DERIVED.get(src, lambda r: r.get(src))
+        pts = [(r['step'], v) for r in self.rows if 'step' in r and isinstance(v := get(r), (int, float))]
         if pts: out[k] = tuple(np.array(x) for x in zip(*pts))
     return out
 
-def _usage(self: UtilisationDashboard, source: str | None = None) -> tuple[np.ndarray, float] | None:
-    "EMA count per code [K] and dead threshold of `source` (default: the selected one); None without checkpoints."
+def _not_applicable(self: UtilisationDashboard) -> dict:
+    "`{what: NotApplicable}`: the curve panels and the EMA count per code that the run's kind does not have."
+    out = {k: v for k, v in self.panels().items() if isinstance(v, NotApplicable)}
+    return {**out, 'ema_count': NO_EMA_COUNT[self.kind]} if self.kind in NO_EMA_COUNT else out
+
+UtilisationDashboard.panels, UtilisationDashboard.curves, UtilisationDashboard.not_applicable = _panels, _curves, _not_applicable
+
+# %% ../nbs/51_dashboards.ipynb #0c6c65d7
+def _usage(self: UtilisationDashboard, source: str | None = None) -> tuple[np.ndarray, float] | NotApplicable | None:
+    "Count per code [K] and dead threshold of `source` (default: the selected one); `NotApplicable` / None when there is none."
     source = default(source, self.source.value)
-    if source is None: return None
-    path = self.sources().get(source)
-    if path is None: raise ValueError(f'source {source!r} not found; available: {list(self.sources())}')
-    key = (str(path), _stat(path))
-    if key not in self._usage_cache: self._usage_cache = {key: read_code_usage(path)}
+    if source is None:                                   # no source: the kind has no EMA count, or no checkpoint yet
+        na = NO_EMA_COUNT.get(self.kind)
+        return None if na is None else NotApplicable(f'{na.reason}; usage measured by encoding images: pass gallery=')
+    src = self.sources().get(source)
+    if src is None: raise ValueError(f'source {source!r} not found; available: {list(self.sources())}')
+    if source == 'measured': return src.usage.double().numpy(), 1.              # dead: never seen in the images
+    key = (str(src), _stat(src))
+    if key not in self._usage_cache: self._usage_cache = {key: read_code_usage(src)}
     return self._usage_cache[key]
 
-def _code_stats(self: UtilisationDashboard, source: str | None = None) -> dict | None:
-    "`code_usage_stats` of a checkpoint (default: the selected one); None without checkpoints."
+def _code_stats(self: UtilisationDashboard, source: str | None = None) -> dict | NotApplicable | None:
+    "`code_usage_stats` of `source` (default: the selected one) and what it counts (`measure`); else as `usage`."
+    source = default(source, self.source.value)
     u = self.usage(source)
-    return None if u is None else code_usage_stats(*u)
+    if not isinstance(u, tuple): return u
+    measure = f"patches of {self.gallery.meta.get('n_images', '?')} images" if source == 'measured' else 'EMA count'
+    return {**code_usage_stats(*u), 'measure': measure}
 
-UtilisationDashboard.curves, UtilisationDashboard.usage, UtilisationDashboard.code_stats = _curves, _usage, _code_stats
+UtilisationDashboard.usage, UtilisationDashboard.code_stats = _usage, _code_stats
 
 # %% ../nbs/51_dashboards.ipynb #e6290e0e
-def _render(self: UtilisationDashboard) -> bytes:
-    "PNG: four curves against step, then the usage histogram and the sorted usage of the selected checkpoint."
+def _say(ax, text: str):
+    "A panel without a plot: only `text` (why it does not apply, or that there is nothing yet)."
+    ax.set_xticks([]); ax.set_yticks([])
+    ax.text(0.5, 0.5, textwrap.fill(text, 36), ha='center', va='center', transform=ax.transAxes, fontsize=8, color='0.3')
+
+def _figure(self: UtilisationDashboard) -> Figure:
+    "Four curves against step, then the usage histogram and the sorted usage of the selected source."
     fig = Figure(figsize=(12, 5.4), dpi=72)
-    axs = fig.subplots(2, 3).ravel()
-    curves = self.curves()
-    for ax, k in zip(axs[[0, 1, 2, 3]], _CURVES):
-        if k in curves: ax.plot(*curves[k], marker='.' if len(curves[k][0]) < 30 else None)
-        else: ax.text(0.5, 0.5, 'no data yet', ha='center', va='center', transform=ax.transAxes)
-        ax.set_title(k.replace('_', ' '), fontsize=10); ax.set_xlabel('step', fontsize=8); ax.grid(alpha=.3)
+    axs, curves = fig.subplots(2, 3).ravel(), self.curves()
+    empty = 'no data yet' if (self.run_dir/'metrics.jsonl').exists() else 'no metrics.jsonl in this folder'
+    for ax, (k, src) in zip(axs[:4], self.panels().items()):
+        c = curves.get(k)
+        if isinstance(c, tuple): ax.plot(*c, marker='.' if len(c[0]) < 30 else None)
+        else: _say(ax, str(c) if isinstance(c, NotApplicable) else empty)
+        ax.set_title(k.replace('_', ' ') + (f' ({src})' if isinstance(src, str) and src != k else ''), fontsize=10)
+        if isinstance(c, tuple): ax.set_xlabel('step', fontsize=8); ax.grid(alpha=.3)
     st, ax_h, ax_s = self.code_stats(), axs[4], axs[5]
-    if st is None:
-        for ax in (ax_h, ax_s): ax.text(0.5, 0.5, 'no checkpoint yet', ha='center', va='center', transform=ax.transAxes)
+    ax_h.set_title('usage per code' + (f' ({self.source.value})' if self.source.value else ''), fontsize=10)
+    if not isinstance(st, dict):
+        for ax in (ax_h, ax_s): _say(ax, str(st) if isinstance(st, NotApplicable) else 'no checkpoint yet')
     else:
         u = st['sorted']; lo = max(min(u[u > 0].min() if (u > 0).any() else 1, st['threshold']) / 2, 1e-6)
         ax_h.hist(np.clip(u, lo, None), bins=np.geomspace(lo, max(u.max(), lo * 10), 40)); ax_h.set_xscale('log')
         ax_s.plot(np.arange(1, len(u) + 1), np.clip(u, lo, None)); ax_s.set_yscale('log')
         for ax in (ax_h, ax_s): (ax.axvline if ax is ax_h else ax.axhline)(st['threshold'], color='C3', ls='--', lw=1)
-        ax_h.set_title(f'usage per code ({self.source.value})', fontsize=10); ax_h.set_xlabel('EMA count', fontsize=8)
+        ax_h.set_xlabel(st['measure'], fontsize=8); ax_s.set_xlabel('code rank', fontsize=8)
         ax_s.set_title(f'sorted usage: {st["dead"]}/{st["codebook_size"]} dead', fontsize=10)
-        ax_s.set_xlabel('code rank', fontsize=8)
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.1, top=0.93, wspace=0.28, hspace=0.45)
-    return _png(fig)
+    return fig
 
-UtilisationDashboard.render = _render
+def _render_util(self: UtilisationDashboard) -> bytes:
+    "`figure()` as PNG bytes."
+    return _png(self.figure())
+
+UtilisationDashboard.figure, UtilisationDashboard.render = _figure, _render_util
 
 # %% ../nbs/51_dashboards.ipynb #b676a742
 def _refresh(self: UtilisationDashboard, force: bool = False) -> bool:
@@ -343,6 +438,7 @@ def _reread(self: UtilisationDashboard, force: bool) -> bool:
     sig = self._signature()
     if sig == self._sig and not force: return False
     self.rows, self._sig = read_metrics(self.run_dir), sig
+    self.kind = run_kind(self.run_dir, self.tokenizer, self.rows)
     names, old = list(self.sources()), self.source.value
     self._busy = True
     try: self.source.options = names; self.source.value = old if old in names else (names[-1] if names else None)
@@ -350,11 +446,14 @@ def _reread(self: UtilisationDashboard, force: bool) -> bool:
     self._update()
     return True
 
+_WHAT = {'ema_count': 'EMA count per code'}
+
 def _update_util(self: UtilisationDashboard):
     if getattr(self, '_busy', False): return
-    last = self.rows[-1] if self.rows else {}
-    self.info.value = (f'{self.run_dir}: {len(self.rows)} metric rows, last step {last.get("step", "-")}, '
-                       f'{len(self.source.options)} checkpoint(s)')
+    last, kind = self.rows[-1] if self.rows else {}, tokenizer_facts(self.kind)['name']
+    na = ''.join(f'<br>{_WHAT.get(k, k.replace("_", " "))}: {html.escape(str(v))}' for k, v in self.not_applicable().items())
+    self.info.value = (f'{self.run_dir}: {kind} run, {len(self.rows)} metric rows, last step {last.get("step", "-")}, '
+                       f'{len(self.source.options)} usage source(s){na}')
     self.view.value = self.render()
 
 UtilisationDashboard.refresh, UtilisationDashboard._reread, UtilisationDashboard._update = _refresh, _reread, _update_util
@@ -391,11 +490,11 @@ UtilisationDashboard.start, UtilisationDashboard.stop, UtilisationDashboard.clos
 def _pil_png(img: Image.Image) -> bytes:
     buf = io.BytesIO(); img.save(buf, format='PNG'); return buf.getvalue()
 
-def _as_gallery(gallery):
-    from beitv2_lab.gallery import CodeGallery
-    if isinstance(gallery, (str, os.PathLike)): return CodeGallery.load(gallery)   # FileNotFoundError / ValueError
-    if not isinstance(gallery, CodeGallery): raise TypeError(f'gallery must be a CodeGallery or a path to a saved one, got {type(gallery).__name__}')
-    return gallery
+def _drawn_html(drawn, size: int = 48) -> str:
+    "A code drawn alone (uint8 `[3, h, w]`) as an inline picture, or why it cannot be."
+    if isinstance(drawn, NotApplicable): return f'drawn alone: <i>{html.escape(str(drawn))}</i>'
+    png = _pil_png(Image.fromarray(drawn.permute(1, 2, 0).numpy()).resize((size, size), Image.NEAREST))
+    return f'drawn alone by the decoder: <img class="b2l-drawn" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 def _sheet(gallery, codes, n_per_code, scale, highlight: int | None = None) -> bytes:
     "PNG contact sheet of `codes` (blank when there are none), the row of `highlight` framed in red."
@@ -458,13 +557,14 @@ def _page_codes(self: CodebookGallery, page: int | None = None) -> list[int]:
     return self.order()[(page - 1) * n: page * n].tolist()
 
 def _gal_detail(self: CodebookGallery, code: int | None = None) -> dict:
-    "Usage, share, rank, top labels, label entropy and nearest codes (by codebook cosine) of `code`."
+    "Usage, share, rank, top labels, label entropy, nearest codes (by codebook cosine) and the drawing (or why none) of `code`."
     g, code = self.gallery, default(code, self.code.value)
     if code is None or not 0 <= int(code) < g.codebook_size: raise ValueError(f'code must be in [0, {g.codebook_size}), got {code!r}')
     code, u = int(code), g.usage.double()
     ids, cos = g.nearest_codes(code, n=self.n_nearest)
     out = dict(code=code, usage=int(g.usage[code]), share=(u[code] / u.sum().clamp(min=1)).item(),
-               rank=int((u > u[code]).sum()) + 1, nearest=list(zip(ids.tolist(), cos.tolist())), labels=[], entropy=None)
+               rank=int((u > u[code]).sum()) + 1, nearest=list(zip(ids.tolist(), cos.tolist())), labels=[], entropy=None,
+               kind=g.kind, drawn=g.code_image(code))
     if exists(g.label_counts) and g.label_counts[code].sum() > 0:
         c = g.label_counts[code]; top = torch.sort(c, descending=True, stable=True).indices[:3]
         out['labels'] = [(g.classes[i], int(c[i]), (c[i] / c.sum()).item()) for i in top.tolist() if c[i] > 0]
@@ -485,11 +585,13 @@ def _gal_render_detail(self: CodebookGallery) -> bytes:
     return _sheet(self.gallery, [d['code']] + [c for c, _ in d['nearest']], self.n_per_code, self.scale, d['code'])
 
 def _gal_info(d: dict) -> str:
-    labels = ', '.join(f'{name} {100 * f:.0f}%' for name, _, f in d['labels']) or '-'
+    facts = {k: html.escape(v or '') for k, v in tokenizer_facts(d['kind']).items()}
+    labels = ', '.join(f'{html.escape(str(name))} {100 * f:.0f}%' for name, _, f in d['labels']) or '-'
     near = ', '.join(f'{c} ({s:.2f})' for c, s in d['nearest'])
     ent = '' if d['entropy'] is None else f', label entropy {d["entropy"]:.2f} nats'
     return (f'<b>code {d["code"]}</b>: used {d["usage"]} times ({100 * d["share"]:.2f}%, rank {d["rank"]}){ent}<br>'
-            f'top labels: {labels}<br>nearest codes (cosine): {near}')
+            f'top labels: {labels}<br>nearest codes (cosine of the {facts["vectors"]}): {near}<br>{_drawn_html(d["drawn"])}'
+            + ('' if d['kind'] is None else f'<br><small>{facts["name"]} tokenizer: patches ranked by the {facts["score"]}</small>'))
 
 CodebookGallery.render, CodebookGallery.render_detail = _gal_render, _gal_render_detail
 
@@ -595,14 +697,15 @@ def _map_render(self: CodeMap) -> bytes:
     fig.colorbar(pts, ax=ax, label='log10(1 + usage)')
     ax.scatter(*xy[c], s=160, facecolors='none', edgecolors='red', lw=2)
     ax.annotate(str(c), xy[c], xytext=(6, 6), textcoords='offset points', color='red', fontsize=10)
-    ax.set_title(f'{self.reducer.upper()} of {len(xy)} codes ({int((u > 0).sum())} used)', fontsize=10)
+    vectors = tokenizer_facts(self.gallery.kind)['vectors']
+    ax.set_title(f'{self.reducer.upper()} of the {vectors}: {len(xy)} codes, {int((u > 0).sum())} used', fontsize=10)
     ax.set_xticks([]); ax.set_yticks([])
     fig.subplots_adjust(left=0.03, right=0.97, bottom=0.03, top=0.93)
     return _png(fig)
 
 def _map_update(self: CodeMap):
     c, g = self.code.value, self.gallery
-    self.info.value = f'<b>code {c}</b>: used {int(g.usage[c])} times'
+    self.info.value = f'<b>code {c}</b>: used {int(g.usage[c])} times<br>{_drawn_html(g.code_image(c))}'
     self.patches.value = _sheet(g, [c], None, self.scale)
     self.view.value = self.render()
 

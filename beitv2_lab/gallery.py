@@ -30,7 +30,7 @@ from .data import Skipped, SkipCounter, collate
 _log = logging.getLogger('beitv2_lab.gallery')  # named explicitly: in the notebook __name__ is __main__
 
 # %% auto #0
-__all__ = ['CodeGallery', 'build_gallery']
+__all__ = ['TOKENIZER_FACTS', 'CodeGallery', 'NotApplicable', 'tokenizer_facts', 'build_gallery']
 
 # %% ../nbs/50_gallery.ipynb #bd38bbeb
 def _rank_in_group(keys: torch.Tensor) -> torch.Tensor:
@@ -112,14 +112,14 @@ def _cut_crops(images: torch.Tensor,  # [B, 3, H, W] in [0, 1]
 class CodeGallery:
     "Per-code usage, label histogram and top-k patches of one tokenizer pass; made by `build_gallery`."
     crops: torch.Tensor        # uint8 [K, k, 3, S, S]; S = patch_size + 2*context; empty slots are 0
-    scores: torch.Tensor       # float32 [K, k]; cosine of the patch's encoder vector to its code, descending; -inf = empty
+    scores: torch.Tensor       # float32 [K, k]; the tokenizer's score of each patch (`TOKENIZER_FACTS`), descending; -inf = empty
     sources: torch.Tensor      # int64 [K, k, 2]; (dataset index, patch index) of each crop; -1 = empty
     usage: torch.Tensor        # int64 [K]; occurrences of each code over the pass
-    codebook: torch.Tensor     # float32 [K, C]; the tokenizer's (unit) code vectors
+    codebook: torch.Tensor     # float32 [K, C]; the tokenizer's code vectors (`code_embeddings()`)
     label_counts: torch.Tensor | None = None  # int64 [K, L] per-code label histogram (None: no labels)
     code_images: torch.Tensor | None = None   # uint8 [K, 3, h, w] what the tokenizer's decoder draws for each code alone (dVAE)
     classes: list | None = None                # L class names
-    meta: dict = field(default_factory=dict)   # n_images, skipped, grid, patch_size, context, img_size, seconds, tokenizer, data
+    meta: dict = field(default_factory=dict)   # kind, n_images, skipped, grid, patch_size, context, img_size, seconds, tokenizer, data
 
     def __post_init__(self):
         K, k = self.scores.shape
@@ -188,6 +188,38 @@ def load(cls: CodeGallery, path: str | os.PathLike) -> CodeGallery:
     tensors, md = load_tagged(p, 'code_gallery')
     return cls(**{k: tensors.get(k) for k in _FIELDS}, classes=json.loads(md['classes']), meta=json.loads(md['meta']))
 
+# %% ../nbs/50_gallery.ipynb #44e121f8
+@dataclass(frozen=True)
+class NotApplicable:
+    "What a data method returns for something the tokenizer kind does not have (falsy); `reason` says why."
+    reason: str
+    def __bool__(self) -> bool: return False
+    def __str__(self) -> str: return f'does not apply: {self.reason}'
+
+TOKENIZER_FACTS = {   # kind (`Tokenizer.kind`) -> what a gallery's numbers mean for it
+    'vqkd': dict(name='VQ-KD', score='cosine of the patch to its code', vectors='code vectors',
+                 drawn="VQ-KD's decoder predicts teacher features, not pixels: a code cannot be drawn alone"),
+    'dvae': dict(name='dVAE', score="encoder's probability of the code", vectors="decoder's code embeddings", drawn=None),
+    'ibot': dict(name='iBOT', score='cosine of the patch to its prototype', vectors='patch prototypes',
+                 drawn='iBOT has no pixel decoder: a prototype cannot be drawn alone'),
+}
+_UNKNOWN_KIND = dict(name='unknown kind', score='score', vectors='code vectors', drawn=None)
+
+def tokenizer_facts(kind: str | None) -> dict:
+    "What the numbers of a `kind` mean; neutral words for a gallery saved without its kind."
+    return TOKENIZER_FACTS.get(kind, _UNKNOWN_KIND)
+
+# %% ../nbs/50_gallery.ipynb #3502e91e
+@patch(as_prop=True)
+def kind(self: CodeGallery) -> str | None: return self.meta.get('kind')   # the tokenizer's kind; None for older files
+
+@patch
+def code_image(self: CodeGallery, code: int) -> torch.Tensor | NotApplicable:
+    "What the tokenizer's decoder draws for `code` alone, uint8 `[3, h, w]`; `NotApplicable` for a kind that cannot."
+    if not 0 <= int(code) < self.codebook_size: raise ValueError(f'code must be in [0, {self.codebook_size}), got {code!r}')
+    if exists(self.code_images): return self.code_images[int(code)]
+    return NotApplicable(tokenizer_facts(self.kind)['drawn'] or 'this gallery holds no decoded codes')
+
 # %% ../nbs/50_gallery.ipynb #e15e008c
 def _png_base64(img: Image.Image) -> str:
     buf = io.BytesIO(); img.save(buf, format='PNG')
@@ -255,8 +287,9 @@ def to_html(self: CodeGallery,
            ) -> Path:
     "Write a self-contained HTML gallery (images inlined as base64 PNG), atomically."
     if n_codes < 1: raise ValueError(f'n_codes must be >= 1, got {n_codes!r}')
-    codes, m = self.order(by)[:n_codes].tolist(), self.meta
-    head = (f'<h1>Code gallery</h1><p>{self.codebook_size} codes · utilisation {self.utilisation:.1f}% · perplexity '
+    codes, m, facts = self.order(by)[:n_codes].tolist(), self.meta, tokenizer_facts(self.kind)
+    head = (f'<h1>Code gallery</h1><p>{html.escape(facts["name"])} tokenizer · patches ranked by the {html.escape(facts["score"])} · '
+            f'{self.codebook_size} codes · utilisation {self.utilisation:.1f}% · perplexity '
             f'{self.perplexity:.1f} · n_images {m.get("n_images", "?")} ({m.get("skipped", 0)} unreadable skipped) · '
             f'top {self.top_k} patches per code · {len(codes)} codes shown, sorted by {html.escape(by)}</p>')
     style = 'body{font-family:sans-serif}td{padding:2px 8px;vertical-align:middle}td.id,td.usage{text-align:right}'
@@ -355,7 +388,7 @@ def build_gallery(tokenizer,                      # any `Tokenizer` (encode_scor
                   device='cpu',                   # where the tokenizer lives
                   progress: bool = True,          # tqdm bar
                  ) -> CodeGallery:
-    "One streaming pass: per-code usage, label histogram and the top-k patches by cosine to the code."
+    "One streaming pass: per-code usage, label histogram and each code's top-k patches by the tokenizer's score."
     _check_inputs(tokenizer, dataset, top_k, context, batch_size, max_images, device)
     if exists(max_images): dataset = Subset(dataset, range(min(max_images, len(dataset))))
     classes = list(_unwrap(dataset, 'classes') or []) or None
@@ -376,8 +409,8 @@ def build_gallery(tokenizer,                      # any `Tokenizer` (encode_scor
     finally: tokenizer.train(was_training)
     if n_images == 0: raise ValueError(f'no readable image in dataset ({skips.summary()})')
     _log.info('gallery of %d images: %s', n_images, skips.summary())
-    meta = dict(n_images=n_images, skipped=skips.count, grid=list(tokenizer.grid), patch_size=state.p, context=context,
-                img_size=list(tokenizer.img_size), seconds=time.perf_counter() - t0, timing=state.timing,
+    meta = dict(kind=getattr(tokenizer, 'kind', None), n_images=n_images, skipped=skips.count, grid=list(tokenizer.grid),
+                patch_size=state.p, context=context, img_size=list(tokenizer.img_size), seconds=time.perf_counter() - t0, timing=state.timing,
                 tokenizer=dict(getattr(tokenizer, 'config', {})),
                 data=dict(type=type(dataset).__name__, root=str(default(_unwrap(dataset, 'root'), '')), size=len(dataset)))
     return state.result(classes, meta)
