@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import socket
+import subprocess
 import uuid
 from datetime import timedelta
 
@@ -18,9 +20,9 @@ import torch.distributed as dist
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'is_dist', 'get_rank', 'get_world_size', 'is_main', 'resolve_device', 'init_distributed', 'cleanup',
-           'node_info', 'all_reduce_mean', 'all_reduce_sum', 'all_reduce_sum_', 'broadcast_', 'gather',
-           'tensors_in_sync', 'free_port', 'launch']
+__all__ = ['log', 'SLURM_VARS', 'is_dist', 'get_rank', 'get_world_size', 'is_main', 'resolve_device', 'init_distributed',
+           'cleanup', 'node_info', 'all_reduce_mean', 'all_reduce_sum', 'all_reduce_sum_', 'broadcast_', 'gather',
+           'tensors_in_sync', 'free_port', 'launch', 'scontrol_hostnames', 'slurm_launch_args']
 
 # %% ../nbs/30_distrib.ipynb #710e418e
 def is_dist() -> bool:
@@ -163,3 +165,33 @@ def _failure_message(failure) -> str:
     if isinstance(msg, dict): msg = msg.get('message', msg)
     if isinstance(msg, dict): msg = msg.get('message', '') or str(msg)
     return str(msg).strip() or f'exit code {failure.exitcode}'
+
+# %% ../nbs/30_distrib.ipynb #2c8e8c49
+def scontrol_hostnames(nodelist: str, # a SLURM node list, e.g. 'gpu[01-04],cpu7'
+                      ) -> list[str]:
+    "The host names of `nodelist`, expanded by `scontrol show hostnames` (SLURM's own parser of its syntax)."
+    if shutil.which('scontrol') is None:
+        raise RuntimeError('scontrol not found: run on a node of a SLURM cluster, or pass `hostnames=` to slurm_launch_args')
+    out = subprocess.run(['scontrol', 'show', 'hostnames', nodelist], capture_output=True, text=True)
+    if out.returncode != 0: raise RuntimeError(f'scontrol show hostnames {nodelist!r} failed: {out.stderr.strip()}')
+    return out.stdout.split()
+
+# %% ../nbs/30_distrib.ipynb #acaffbbf
+SLURM_VARS = ('SLURM_JOB_ID', 'SLURM_JOB_NUM_NODES', 'SLURM_JOB_NODELIST')
+
+def slurm_launch_args(environ: dict,     # a SLURM job's environment, e.g. `os.environ` inside `sbatch` or `srun`
+                      port: int = 29400, # rendezvous port on the first node
+                      hostnames=None,    # node list -> host names (default: `scontrol_hostnames`)
+                     ) -> dict:
+    "`launch`'s `nnodes`, `rdzv_endpoint` and `run_id` for the whole allocation of the SLURM job in `environ`."
+    missing = [k for k in SLURM_VARS if not environ.get(k)]
+    if missing: raise ValueError(f'environ: {", ".join(missing)} not set; call this inside a SLURM job (sbatch, salloc '
+                                 'or srun), or set them: the job id, its number of nodes and its node list')
+    nnodes = environ['SLURM_JOB_NUM_NODES']
+    if not nnodes.isdigit() or int(nnodes) < 1: raise ValueError(f'SLURM_JOB_NUM_NODES: a positive integer, got {nnodes!r}')
+    if not 0 < port < 65536: raise ValueError(f'port: a TCP port in 1..65535, got {port}')
+    hosts = (hostnames or scontrol_hostnames)(environ['SLURM_JOB_NODELIST'])
+    if len(hosts) != int(nnodes):
+        raise ValueError(f"SLURM_JOB_NODELIST: {environ['SLURM_JOB_NODELIST']!r} names {len(hosts)} hosts but "
+                         f'SLURM_JOB_NUM_NODES is {nnodes}')
+    return dict(nnodes=int(nnodes), rdzv_endpoint=f'{hosts[0]}:{port}', run_id=environ['SLURM_JOB_ID'])
