@@ -119,6 +119,7 @@ class NormEMAVectorQuantizer(nn.Module):
                  kmeans_iters: int = 10,           # Lloyd iterations of that k-means
                  dead_code_threshold: float = 1e-3, # a code whose EMA count `cluster_size` falls below this is dead
                  restart_dead_codes: bool = True,  # replace dead codes by encoder outputs of the current batch
+                 restart_grace: int = 0,           # steps a revived code survives without winning a vector (0: it must win at once)
                  sync: bool = False,               # all-reduce statistics across DDP ranks (read at every call)
                  chunk_size: int = 512,            # rows of the [N, K] similarity matrix held at once
                 ):
@@ -130,9 +131,10 @@ class NormEMAVectorQuantizer(nn.Module):
         if eps <= 0: raise ValueError(f'eps must be > 0, got {eps!r}')
         if kmeans_init and kmeans_iters < 1: raise ValueError(f'kmeans_iters must be >= 1, got {kmeans_iters!r}')
         if dead_code_threshold < 0: raise ValueError(f'dead_code_threshold must be >= 0, got {dead_code_threshold!r}')
+        if int(restart_grace) != restart_grace or restart_grace < 0: raise ValueError(f'restart_grace must be an integer >= 0, got {restart_grace!r}')
         self.codebook_size, self.code_dim, self.beta, self.decay, self.eps = codebook_size, code_dim, beta, decay, eps
         self.kmeans_iters, self.dead_code_threshold = kmeans_iters, dead_code_threshold
-        self.restart_dead_codes, self.sync, self.chunk_size = restart_dead_codes, sync, chunk_size
+        self.restart_dead_codes, self.restart_grace, self.sync, self.chunk_size = restart_dead_codes, int(restart_grace), sync, chunk_size
         self.embedding = EmbeddingEMA(codebook_size, code_dim, initted=not kmeans_init)
         self.register_buffer('cluster_size', torch.zeros(codebook_size))                        # [K] EMA of counts
         self.register_buffer('window_usage', torch.zeros(codebook_size, dtype=torch.long), persistent=False)
@@ -175,9 +177,10 @@ def _restart_dead(self: NormEMAVectorQuantizer, z: torch.Tensor, sync: bool) -> 
         draw = torch.randperm(z.shape[0], device=z.device)                        # the i-th dead code takes draw[i]
         new.copy_(z[draw[(dead.cumsum(0) - 1).clamp(min=0) % z.shape[0]]])        # (around again if too few)
     _broadcast(new, sync)
-    e, thr, d = self.embedding, self.dead_code_threshold, dead[:, None]
-    e.weight.copy_(torch.where(d, new, e.weight)); e.embed_avg.copy_(torch.where(d, new * thr, e.embed_avg))
-    e.cluster_size.masked_fill_(dead, thr); self.cluster_size.masked_fill_(dead, thr)
+    e, d = self.embedding, dead[:, None]
+    revived = self.dead_code_threshold / self.decay ** self.restart_grace * (1 + 1e-5)  # alive for `restart_grace` idle steps
+    e.weight.copy_(torch.where(d, new, e.weight)); e.embed_avg.copy_(torch.where(d, new * revived, e.embed_avg))
+    e.cluster_size.masked_fill_(dead, revived); self.cluster_size.masked_fill_(dead, revived)
     n = dead.sum(); self.restarts += n
     return n
 

@@ -230,11 +230,15 @@ def temperature_at(step: int,               # optimizer step (0-based)
 
 def kl_weight_at(step: int,                 # optimizer step (0-based)
                  max_weight: float = 6.6,   # β after the warmup (DALL-E: 6.6)
-                 warmup_steps: int = 500,   # linear warmup from 0 (DALL-E: 5000)
+                 warmup_steps: int = 500,   # warmup from 0 (DALL-E: 5000)
+                 mode: str = 'cosine',      # 'cosine' (DALL-E appendix A.2) or 'linear'
                 ) -> float:
-    "KL weight β at `step`: linear from 0 to `max_weight` over `warmup_steps`, then fixed."
+    "KL weight β at `step`: from 0 to `max_weight` over `warmup_steps` (cosine: β·(1 − cos(π·t/T))/2), then fixed."
     if max_weight < 0: raise ValueError(f'max_weight must be >= 0, got {max_weight!r}')
-    return max_weight * _fraction(step, warmup_steps, 'warmup_steps')
+    t = _fraction(step, warmup_steps, 'warmup_steps')
+    if mode == 'cosine': return max_weight * 0.5 * (1 - math.cos(math.pi * t))
+    if mode == 'linear': return max_weight * t
+    raise ValueError(f"mode must be 'cosine' or 'linear', got {mode!r}")
 
 # %% ../nbs/13_dvae.ipynb #f5551132
 @patch

@@ -27,7 +27,7 @@ from .tokenizer import tokenizer_header
 
 # %% auto #0
 __all__ = ['IBOT_VARIANTS', 'cosine_schedule', 'linear_warmup', 'IBOTHead', 'cancel_last_layer_grads', 'IBOTLoss', 'ema_update',
-           'ibot_backbone', 'IBOTNet', 'IBOT', 'save_ibot_model', 'load_ibot_model', 'from_official_ibot',
+           'ibot_init_', 'ibot_backbone', 'IBOTNet', 'IBOT', 'save_ibot_model', 'load_ibot_model', 'from_official_ibot',
            'load_official_ibot', 'IBOTTokenizer', 'load_ibot_tokenizer']
 
 # %% ../nbs/21_ibot.ipynb #825439e0
@@ -138,6 +138,7 @@ class IBOTLoss(nn.Module):
                  warmup_patch_temp: float = 0.04,        # τ_t (patches) at step 0
                  patch_temp: float = 0.07,               # τ_t (patches) after warmup
                  warmup_steps: int = 0,                  # linear temperature warmup (official: 30 epochs)
+                 steps_per_epoch: int = 0,               # 0: temperatures move every step; n: one value per n-step epoch (official)
                  center_momentum: float = 0.9,           # EMA of the CLS centre
                  patch_center_momentum: float = 0.9,     # EMA of the patch centre
                  lambda1: float = 1.,                    # weight of the CLS loss
@@ -145,15 +146,18 @@ class IBOTLoss(nn.Module):
         super().__init__()
         if n_global < 1: raise ValueError(f'n_global must be >= 1, got {n_global}')
         if min(student_temp, warmup_teacher_temp, teacher_temp, warmup_patch_temp, patch_temp) <= 0: raise ValueError('temperatures must be > 0')
-        self.n_global, self.student_temp, self.warmup_steps = n_global, student_temp, warmup_steps
+        if steps_per_epoch < 0: raise ValueError(f'steps_per_epoch must be >= 0, got {steps_per_epoch}')
+        self.n_global, self.student_temp, self.warmup_steps, self.steps_per_epoch = n_global, student_temp, warmup_steps, steps_per_epoch
         self.cls_temps, self.patch_temps = (warmup_teacher_temp, teacher_temp), (warmup_patch_temp, patch_temp)
         self.momenta, self.lambda1, self.lambda2 = (center_momentum, patch_center_momentum), lambda1, lambda2
         self.register_buffer('center', torch.zeros(1, out_dim))
         self.register_buffer('patch_center', torch.zeros(1, 1, default(patch_out_dim, out_dim)))
 
     def temps(self, step: int) -> tuple[float, float]:
-        "Teacher temperatures `(cls, patch)` at `step`."
-        return (linear_warmup(step, *self.cls_temps, self.warmup_steps), linear_warmup(step, *self.patch_temps, self.warmup_steps))
+        "Teacher temperatures `(cls, patch)` at `step`: per step, or per epoch over `warmup_steps // steps_per_epoch` epochs."
+        n = self.steps_per_epoch
+        t, w = (step // n, self.warmup_steps // n) if n else (step, self.warmup_steps)
+        return linear_warmup(t, *self.cls_temps, w), linear_warmup(t, *self.patch_temps, w)
 
 # %% ../nbs/21_ibot.ipynb #28bb1cfb
 @patch
@@ -243,7 +247,7 @@ def ema_update(student: nn.Module, teacher: nn.Module, momentum: float) -> int:
 
 # %% ../nbs/21_ibot.ipynb #20f10443
 _IBOT_VIT = dict(img_size=224, patch_size=16, mlp_ratio=4., init_values=None, head_dim=0, use_abs_pos_emb=True,
-                 use_shared_rel_pos_bias=False, patch_aggregation=False)
+                 use_shared_rel_pos_bias=False, patch_aggregation=False, pos_resample='ibot')
 IBOT_VARIANTS = {  # the official `vit_tiny/small/base/large` (patch 16)
     'ibot_vit_tiny_patch16_224': dict(embed_dim=192, depth=12, num_heads=3),
     'ibot_vit_tiny_d6_patch16_224': dict(embed_dim=192, depth=6, num_heads=3),   # = beitv2_tiny_patch16_224's size (CPU runs)
@@ -252,13 +256,32 @@ IBOT_VARIANTS = {  # the official `vit_tiny/small/base/large` (patch 16)
     'ibot_vit_large_patch16_224': dict(embed_dim=1024, depth=24, num_heads=16),
 }
 
+@torch.no_grad()
+def ibot_init_(backbone: BEiTv2) -> BEiTv2:
+    "Re-initialise `backbone` in place as the official iBOT/DINO ViT (see above); returns it."
+    std = backbone.config['init_std']
+    trunc_normal_(backbone.pos_embed, std=std); trunc_normal_(backbone.cls_token, std=std)   # bounds ±2: untruncated
+    for m in backbone.modules():
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=std)
+            if m.bias is not None: nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm): nn.init.ones_(m.weight); nn.init.zeros_(m.bias)
+    for blk in backbone.blocks: nn.init.zeros_(blk.attn.q_bias); nn.init.zeros_(blk.attn.v_bias)   # the official qkv bias
+    backbone.patch_embed.proj.reset_parameters()                                          # PyTorch's default conv init
+    nn.init.zeros_(backbone.mask_token)
+    return backbone
+
 def ibot_backbone(name: str = 'ibot_vit_small_patch16_224',  # a name from `IBOT_VARIANTS`
+                  init: str = 'ibot',                        # fresh weights: 'ibot' (official iBOT/DINO) or 'beit' (BEiT's)
                   **overrides,                               # any `BEiTv2` argument (img_size, drop_path_rate, depth...)
                  ) -> BEiTv2:
     "An iBOT ViT as a `BEiTv2`: absolute positions, no relative bias, no layer scale, no MIM head."
     if name not in IBOT_VARIANTS: raise ValueError(f'unknown iBOT backbone {name!r}; choose one of {list(IBOT_VARIANTS)}')
-    return BEiTv2(**{**_IBOT_VIT, **IBOT_VARIANTS[name], **overrides})
+    if init not in ('ibot', 'beit'): raise ValueError(f"init must be 'ibot' or 'beit', got {init!r}")
+    backbone = BEiTv2(**{**_IBOT_VIT, **IBOT_VARIANTS[name], **overrides})
+    return ibot_init_(backbone) if init == 'ibot' else backbone
 
+# %% ../nbs/21_ibot.ipynb #9023985a
 class IBOTNet(nn.Module):
     "Backbone + head, the official `MultiCropWrapper` layout (keys `backbone.*`, `head.*`)."
     def __init__(self, backbone: BEiTv2, head: IBOTHead):
@@ -417,13 +440,14 @@ def _official_arch(sd: dict, num_heads: int | None) -> tuple[dict, dict]:
 # %% ../nbs/21_ibot.ipynb #17a82699
 def load_official_ibot(src,                          # path (.pth / .safetensors) or state dict, maybe under 'state_dict'/'teacher'
                        num_heads: int | None = None, # attention heads, if the width is not a standard one
+                       norm_last_layer: bool = True, # freeze the prototypes' g; False: trainable, as the ViT-S/B recipes train the student's
                        **backbone_kw,                # more `BEiTv2` arguments (drop_path_rate, ...)
                       ) -> IBOTNet:
     "An `IBOTNet` rebuilt from an official iBOT checkpoint, every tensor loaded strictly."
     sd = {k.removeprefix('module.'): v for k, v in _read_official(src).items()}
     bb, hd = _official_arch(sd, num_heads)
     if hd['shared_head']: sd = {k: v for k, v in sd.items() if not k.startswith('head.last_layer2.')}
-    net = IBOTNet(BEiTv2(**{**_IBOT_VIT, **bb, **backbone_kw}), IBOTHead(**hd))
+    net = IBOTNet(BEiTv2(**{**_IBOT_VIT, **bb, **backbone_kw}), IBOTHead(**hd, norm_last_layer=norm_last_layer))
     ours = from_official_ibot(sd)
     if 'backbone.mask_token' not in ours: ours['backbone.mask_token'] = net.backbone.mask_token.detach().clone()  # teacher files
     net.load_state_dict(ours, strict=True)

@@ -25,8 +25,9 @@ from .core import exists, load_tagged, save_tagged, value_checks
 _logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['MIM_VARIANTS', 'TIMM_ARCH', 'mim_block', 'BEiTv2', 'mask_selector', 'code_loss', 'mim_targets', 'list_mim',
-           'create_mim', 'load_official_mim', 'timm_kwargs', 'timm_state_dict', 'export_timm', 'create_timm']
+__all__ = ['MIM_VARIANTS', 'TIMM_ARCH', 'mim_block', 'BEiTv2', 'interpolate_pos_encoding', 'mask_selector', 'code_loss',
+           'mim_targets', 'list_mim', 'create_mim', 'load_official_mim', 'timm_kwargs', 'timm_state_dict',
+           'export_timm', 'create_timm']
 
 # %% ../nbs/20_mim.ipynb #3d4d12df
 def mim_block(dim: int, num_heads: int, mlp_ratio: float = 4., init_values: float | None = 0.1,
@@ -66,11 +67,13 @@ class BEiTv2(nn.Module):
                  shared_lm_head: bool = True,     # both branches use `norm` + `lm_head`; False: own norm and head
                  drop_path_rate: float = 0.,      # stochastic depth (0 for 300-epoch base runs)
                  init_std: float = .02,           # truncated-normal std of weights and tokens
+                 pos_resample: str = 'timm',      # absolute table on another grid: 'timm' (antialiased bicubic) or 'ibot' (the official iBOT/DINO interpolation)
                 ):
         super().__init__()
         if not isinstance(img_size, int): raise ValueError(f'img_size must be an int (square inputs), got {img_size!r}')
         if img_size % patch_size: raise ValueError(f'img_size {img_size} is not a multiple of patch_size {patch_size}')
         if embed_dim % num_heads: raise ValueError(f'embed_dim {embed_dim} is not divisible by num_heads {num_heads}')
+        if pos_resample not in ('timm', 'ibot'): raise ValueError(f"pos_resample must be 'timm' or 'ibot', got {pos_resample!r}")
         if not (use_abs_pos_emb or use_shared_rel_pos_bias): raise ValueError('the model needs a position scheme: use_abs_pos_emb or use_shared_rel_pos_bias')
         if patch_aggregation and head_dim < 1: raise ValueError('patch_aggregation needs a head (head_dim >= 1)')
         if patch_aggregation and not (1 <= early_layers <= depth and head_layers >= 1):
@@ -81,7 +84,7 @@ class BEiTv2(nn.Module):
                            head_dim=head_dim, use_abs_pos_emb=use_abs_pos_emb,
                            use_shared_rel_pos_bias=use_shared_rel_pos_bias, patch_aggregation=patch_aggregation,
                            early_layers=early_layers, head_layers=head_layers, shared_lm_head=shared_lm_head,
-                           drop_path_rate=drop_path_rate, init_std=init_std)
+                           drop_path_rate=drop_path_rate, init_std=init_std, pos_resample=pos_resample)
         self.patch_aggregation, self.early_layers, self.shared_lm_head = patch_aggregation, early_layers, shared_lm_head
         self.grad_checkpointing = False
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=not use_abs_pos_emb)
@@ -134,8 +137,7 @@ def embed(self: BEiTv2, images: torch.Tensor, bool_masked_pos: torch.Tensor | No
     x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
     if not exists(self.pos_embed): return x
     grid = (images.shape[-2] // self.patch_embed.patch_size[0], images.shape[-1] // self.patch_embed.patch_size[1])
-    pos = self.pos_embed if grid == tuple(self.grid) else resample_abs_pos_embed(self.pos_embed, list(grid), list(self.grid), num_prefix_tokens=1)
-    return x + pos.to(x.dtype)                      # other input sizes (iBOT's local crops): the table resampled bicubically
+    return x + self.pos_table(grid).to(x.dtype)     # other input sizes (iBOT's local crops): the table resampled
 
 @patch
 def _run(self: BEiTv2, blk, x, rel_pos_bias):
@@ -159,6 +161,24 @@ def forward_features(self: BEiTv2, images: torch.Tensor, bool_masked_pos: torch.
 
 @patch
 def set_grad_checkpointing(self: BEiTv2, enable: bool = True): self.grad_checkpointing = enable
+
+# %% ../nbs/20_mim.ipynb #e8e82fcb
+def interpolate_pos_encoding(pos_embed: torch.Tensor, # [1, 1+N, D]: CLS first, then the patches of `old_grid`, row-major
+                             grid: tuple,             # (h, w) patches of the input
+                             old_grid: tuple,         # (h0, w0) patches of the table
+                            ) -> torch.Tensor:        # [1, 1+h·w, D]
+    "The official iBOT/DINO `interpolate_pos_encoding`: the patch table bicubically at `scale_factor` (n + 0.1) / N, no antialias."
+    (h0, w0), D = old_grid, pos_embed.shape[-1]
+    patch = pos_embed[:, 1:].reshape(1, h0, w0, D).permute(0, 3, 1, 2)                 # [1, D, h0, w0]
+    patch = F.interpolate(patch, scale_factor=((grid[0] + 0.1) / h0, (grid[1] + 0.1) / w0), mode='bicubic')
+    return torch.cat([pos_embed[:, :1], patch.permute(0, 2, 3, 1).reshape(1, -1, D)], dim=1)
+
+@patch
+def pos_table(self: BEiTv2, grid: tuple) -> torch.Tensor:
+    "The absolute position table `[1, 1+h·w, D]` for inputs on `grid`: `pos_embed`, resampled per `pos_resample` on another grid."
+    if tuple(grid) == tuple(self.grid): return self.pos_embed
+    if self.config['pos_resample'] == 'ibot': return interpolate_pos_encoding(self.pos_embed, tuple(grid), tuple(self.grid))
+    return resample_abs_pos_embed(self.pos_embed, list(grid), list(self.grid), num_prefix_tokens=1)
 
 # %% ../nbs/20_mim.ipynb #6dcf630f
 @patch
@@ -232,9 +252,8 @@ def forward(self: BEiTv2, images: torch.Tensor, bool_masked_pos: torch.Tensor, t
 @patch
 @torch.jit.ignore
 def no_weight_decay(self: BEiTv2) -> set:
-    "Parameter names excluded from weight decay (besides 1-D biases and norms)."
-    return {n for n, _ in self.named_parameters()
-            if n in ('cls_token', 'mask_token') or 'relative_position_bias_table' in n or n.split('.')[-1].startswith('gamma_')}
+    "Names kept from weight decay besides biases and 1-D params: the official `{'pos_embed', 'cls_token'}`."
+    return {n for n, _ in self.named_parameters() if n in ('cls_token', 'pos_embed')}
 
 @patch
 def param_groups(self: BEiTv2, weight_decay: float = 0.05) -> list:

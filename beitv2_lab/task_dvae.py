@@ -36,7 +36,8 @@ class DVAEConfig(RunConfig):
     temperature_steps: int = 1000        # annealing steps (DALL-E: 150 000; here the whole default run)
     temperature_mode: str = 'cosine'     # annealing curve: 'cosine' or 'exp' (geometric)
     kl_weight: float = 6.6               # KL weight beta after the warmup (DALL-E: 6.6)
-    kl_warmup_steps: int = 500           # linear warmup of beta from 0 (DALL-E: 5000; here half the default run)
+    kl_warmup_steps: int = 500           # warmup of beta from 0 (DALL-E: 5000; here half the default run)
+    kl_warmup_mode: str = 'cosine'       # shape of that warmup: 'cosine' (DALL-E appendix A.2) or 'linear'
     min_crop_scale: float = 0.25         # smallest random crop of an image folder (area fraction); the embedded photos are crops already
     eval_images: int = 256               # images reconstructed at the end for PSNR and code usage (the 'holdout' part when split 'train'; 0: none)
     steps: int = 1000                    # optimizer steps
@@ -60,6 +61,7 @@ def validate_dvae(cfg: DVAEConfig) -> DVAEConfig:
         check(getattr(cfg, k) > 0 and math.isfinite(getattr(cfg, k)), k, f'must be a positive number, got {getattr(cfg, k)}')
     check(cfg.temperature_mode in ('cosine', 'exp'), 'temperature_mode', f"must be 'cosine' or 'exp', got {cfg.temperature_mode!r}")
     check(cfg.kl_weight >= 0 and math.isfinite(cfg.kl_weight), 'kl_weight', f'must be >= 0, got {cfg.kl_weight}')
+    check(cfg.kl_warmup_mode in ('cosine', 'linear'), 'kl_warmup_mode', f"must be 'cosine' or 'linear', got {cfg.kl_warmup_mode!r}")
     for k in ('temperature_steps', 'kl_warmup_steps', 'eval_images'):
         check(getattr(cfg, k) >= 0, k, f'must be >= 0, got {getattr(cfg, k)}')
     check(0 < cfg.min_crop_scale <= 1, 'min_crop_scale', f'must be in (0, 1], got {cfg.min_crop_scale}')
@@ -69,7 +71,7 @@ def validate_dvae(cfg: DVAEConfig) -> DVAEConfig:
 def dvae_schedules(cfg: DVAEConfig, step: int) -> dict:
     "The Gumbel-softmax temperature and the KL weight at optimizer step `step`."
     return dict(temperature=temperature_at(step, cfg.temperature_start, cfg.temperature_end, cfg.temperature_steps, cfg.temperature_mode),
-                kl_weight=kl_weight_at(step, cfg.kl_weight, cfg.kl_warmup_steps))
+                kl_weight=kl_weight_at(step, cfg.kl_weight, cfg.kl_warmup_steps, cfg.kl_warmup_mode))
 
 def dvae_dataset(cfg: DVAEConfig):
     "The run's items: `{'image': [3, img_size, img_size] in [0, 1], 'index', 'label'}`."

@@ -14,16 +14,16 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .distrib import all_reduce_sum, tensors_in_sync
+from .distrib import all_reduce_sum, get_world_size, tensors_in_sync
 from .masking import MaskGenerator
 from .task_mim import WithMasks
-from .train import Built, RunConfig, Task, build_dataset, check, validate_common
+from .train import Built, RunConfig, Task, build_dataset, check, steps_per_epoch, validate_common
 
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'IBOTConfig', 'validate_ibot', 'CropMasks', 'ibot_dataset', 'view_major', 'IBOTWindow', 'teacher_in_sync',
-           'IBOTTask', 'plot_crops']
+__all__ = ['log', 'IBOTConfig', 'ibot_peak_lr', 'validate_ibot', 'CropMasks', 'ibot_dataset', 'view_major', 'IBOTWindow',
+           'teacher_in_sync', 'IBOTTask', 'plot_crops']
 
 # %% ../nbs/36_task_ibot.ipynb #5e65a0eb
 @dataclass
@@ -49,7 +49,8 @@ class IBOTConfig(RunConfig):
     teacher_temp: float = 0.07           # teacher CLS temperature after the warmup
     warmup_patch_temp: float = 0.04      # teacher patch temperature at step 0
     patch_temp: float = 0.07             # teacher patch temperature after the warmup
-    teacher_temp_warmup_steps: int = 6   # linear warmup of both teacher temperatures (official: 30 of 800 epochs)
+    teacher_temp_warmup_steps: int = 6   # linear warmup of both teacher temperatures (official: 30 of 800 epochs; whole epochs of it with teacher_temp_schedule 'epoch')
+    teacher_temp_schedule: str = 'step'  # 'step': the temperatures move every step (a run shorter than an epoch still warms up); 'epoch': the official staircase, one value per epoch of len(dataset) // world size // batch_size steps
     student_temp: float = 0.1            # student temperature
     center_momentum: float = 0.9         # EMA momentum of the CLS and patch centres
     lambda1: float = 1.0                 # weight of the CLS self-distillation loss
@@ -58,17 +59,24 @@ class IBOTConfig(RunConfig):
     mask_ratio_min: float = 0.1          # a masked crop hides U(mask_ratio_min, mask_ratio_max) of its patches, blockwise
     mask_ratio_max: float = 0.5          # upper end of the masking ratio
     drop_path_rate: float = 0.           # stochastic depth of the student (official ViT-S/B: 0.1)
+    init: str = 'ibot'                   # fresh weights: 'ibot' (the official iBOT/DINO ViT init) or 'beit' (BEiT's: truncation at 1 std, depth rescale)
     steps: int = 60                      # optimizer steps
-    lr: float = 3e-4                     # peak learning rate (see above for scaling)
+    lr: float = 3e-4                     # peak learning rate (see above; times batch_size x world size / 256 with lr_scale_batch)
+    lr_scale_batch: bool = False         # the official linear scaling rule for the peak lr (off: lr is the peak itself, as in every other task, so runs compare at one lr)
     min_lr: float = 1e-6                 # final learning rate of the cosine schedule
-    warmup_steps: int = 6                # linear lr warmup steps (official: 10 epochs)
-    weight_decay: float = 0.04           # AdamW weight decay at step 0 (cosine to weight_decay_end; not on biases, norms, tokens)
+    warmup_steps: int = 6                # linear lr warmup steps, from 0 (official: 10 epochs)
+    weight_decay: float = 0.04           # AdamW weight decay at step 0 (cosine to weight_decay_end; on every tensor of 2 or more dims, tokens and position table too, as the official groups)
     weight_decay_end: float = 0.4        # weight decay at the last step
     beta2: float = 0.999                 # AdamW beta2 (beta1 is 0.9; official 0.999)
+    clip_mode: str = 'per_param'         # clip_grad per parameter, as iBOT's utils.clip_gradients ('global': one norm over all)
     ckpt_every: int = 30                 # checkpoint every N steps (and always at the end)
     out_dir: str = 'runs/ibot'           # checkpoints, metrics.jsonl, tensorboard, ibot.safetensors, backbone.safetensors, tokenizer.safetensors
 
 # %% ../nbs/36_task_ibot.ipynb #757dba81
+def ibot_peak_lr(cfg: IBOTConfig, world_size: int) -> float:
+    "The top of the lr schedule: `lr`, or with `lr_scale_batch` the official `lr × batch_size × world_size / 256`."
+    return cfg.lr * cfg.batch_size * world_size / 256 if cfg.lr_scale_batch else cfg.lr
+
 def validate_ibot(cfg: IBOTConfig) -> IBOTConfig:
     "Reject bad iBOT run parameters before any compute, naming the parameter."
     from beitv2_lab.ibot import IBOT_VARIANTS, _IBOT_VIT
@@ -94,6 +102,11 @@ def validate_ibot(cfg: IBOTConfig) -> IBOTConfig:
     check(0 <= cfg.mask_ratio_min <= cfg.mask_ratio_max <= 1, 'mask_ratio_min', f'need 0 <= mask_ratio_min <= mask_ratio_max <= 1, got {cfg.mask_ratio_min}, {cfg.mask_ratio_max}')
     check(0 <= cfg.drop_path_rate < 1, 'drop_path_rate', f'must be in [0, 1), got {cfg.drop_path_rate}')
     check(cfg.weight_decay_end >= 0, 'weight_decay_end', f'must be >= 0, got {cfg.weight_decay_end}')
+    check(cfg.teacher_temp_schedule in ('step', 'epoch'), 'teacher_temp_schedule', f"must be 'step' or 'epoch', got {cfg.teacher_temp_schedule!r}")
+    check(cfg.init in ('ibot', 'beit'), 'init', f"must be 'ibot' or 'beit', got {cfg.init!r}")
+    check(isinstance(cfg.lr_scale_batch, bool), 'lr_scale_batch', f'must be True or False, got {cfg.lr_scale_batch!r}')
+    peak = ibot_peak_lr(cfg, cfg.nproc_per_node * cfg.nnodes)
+    check(cfg.min_lr <= peak, 'min_lr', f'must be <= the peak lr {peak:.3g} (lr scaled by the batch), got {cfg.min_lr}')
     return cfg
 
 # %% ../nbs/36_task_ibot.ipynb #ce7a6f30
@@ -166,19 +179,24 @@ class IBOTTask(Task):
                    'mask_ratio_min', 'mask_ratio_max', 'drop_path_rate')
     def validate(self, cfg): validate_ibot(cfg)
 
+    def peak_lr(self, cfg) -> float: return ibot_peak_lr(cfg, get_world_size())
+
     def build(self, cfg, device) -> Built:
         from beitv2_lab.ibot import IBOT, ibot_backbone
-        model = IBOT(ibot_backbone(cfg.model, img_size=cfg.global_size, drop_path_rate=cfg.drop_path_rate), out_dim=cfg.out_dim,
+        self.data = ibot_dataset(cfg)
+        epoch = steps_per_epoch(self.data, cfg.batch_size, get_world_size()) if cfg.teacher_temp_schedule == 'epoch' else 0
+        backbone = ibot_backbone(cfg.model, init=cfg.init, img_size=cfg.global_size, drop_path_rate=cfg.drop_path_rate)
+        model = IBOT(backbone, out_dim=cfg.out_dim,
                      patch_out_dim=cfg.patch_out_dim or None, hidden_dim=cfg.hidden_dim, bottleneck_dim=cfg.bottleneck_dim,
                      norm_last_layer=cfg.norm_last_layer, shared_head=cfg.shared_head, n_global=cfg.n_global,
                      ratio_range=(cfg.mask_ratio_min, cfg.mask_ratio_max), p_masked=cfg.mask_prob, student_temp=cfg.student_temp,
                      warmup_teacher_temp=cfg.warmup_teacher_temp, teacher_temp=cfg.teacher_temp, warmup_patch_temp=cfg.warmup_patch_temp,
-                     patch_temp=cfg.patch_temp, warmup_steps=cfg.teacher_temp_warmup_steps, center_momentum=cfg.center_momentum,
+                     patch_temp=cfg.patch_temp, warmup_steps=cfg.teacher_temp_warmup_steps, steps_per_epoch=epoch, center_momentum=cfg.center_momentum,
                      patch_center_momentum=cfg.center_momentum, lambda1=cfg.lambda1, lambda2=cfg.lambda2).to(device)
         self.window = IBOTWindow(cfg.out_dim, model.student.head.patch_out_dim, device)
-        return Built(model=model, train_module=model.student, ddp=dict(broadcast_buffers=False))
+        return Built(model=model, train_module=model.student, ddp=dict(broadcast_buffers=False), no_weight_decay=set())   # the 1-D rule
 
-    def dataset(self, cfg, built): return ibot_dataset(cfg)
+    def dataset(self, cfg, built): return self.data
 
 # %% ../nbs/36_task_ibot.ipynb #a3469900
 _IDS = ('cls_ids', 'patch_ids')

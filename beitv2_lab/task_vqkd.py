@@ -29,6 +29,7 @@ class VQKDConfig(RunConfig):
     code_dim: int = 32                   # C, code dimension
     ema_decay: float = 0.99              # codebook EMA decay
     dead_code_threshold: float = 0.2     # restart a code from batch vectors when its EMA usage falls below this fraction of a uniform share (0: never)
+    restart_grace: int = 0               # steps a restarted code survives without winning a vector (0: it must win at its next step)
     out_dir: str = 'runs/vqkd'           # checkpoints, metrics.jsonl, tensorboard, tokenizer.safetensors
 
 # %% ../nbs/33_task_vqkd.ipynb #4c68840b
@@ -46,6 +47,7 @@ def validate_vqkd(cfg: VQKDConfig) -> VQKDConfig:
     check(cfg.code_dim >= 2, 'code_dim', f'must be >= 2, got {cfg.code_dim}')
     check(0 < cfg.ema_decay < 1, 'ema_decay', f'must be in (0, 1), got {cfg.ema_decay}')
     check(0 <= cfg.dead_code_threshold < 1, 'dead_code_threshold', f'must be in [0, 1), got {cfg.dead_code_threshold}')
+    check(isinstance(cfg.restart_grace, int) and cfg.restart_grace >= 0, 'restart_grace', f'must be an integer >= 0, got {cfg.restart_grace!r}')
     check(cfg.teacher_size >= 0, 'teacher_size', f'must be >= 0, got {cfg.teacher_size}')
     check(cfg.teacher_weights == '' or Path(cfg.teacher_weights).is_file(), 'teacher_weights', f'file not found: {cfg.teacher_weights}')
     return cfg
@@ -71,7 +73,8 @@ class VQKDTask(Task):
         uniform_share = cfg.batch_size * get_world_size() * grid[0] * grid[1] / cfg.codebook_size   # vectors per code per step
         model = create_tokenizer(cfg.model, img_size=cfg.img_size, codebook_size=cfg.codebook_size, code_dim=cfg.code_dim,
                                  teacher_dim=teacher.out_dim, decay=cfg.ema_decay,
-                                 dead_code_threshold=cfg.dead_code_threshold * uniform_share).to(device)
+                                 dead_code_threshold=cfg.dead_code_threshold * uniform_share,
+                                 restart_grace=cfg.restart_grace).to(device)
         model.quantize.sync = get_world_size() > 1         # explicit, decided here, not at construction
         return Built(model=model, frozen=dict(teacher=teacher), ddp=dict(broadcast_buffers=False))
 

@@ -32,11 +32,11 @@ log = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['log', 'DATA_KEYS', 'AUTO_COMPILE_STEPS', 'RunConfig', 'check', 'validate_common', 'config_from', 'StreamSampler',
            'Seeded', 'make_loader', 'is_shard_index', 'build_dataset', 'Batches', 'sample_items', 'to_device',
-           'build_optimizer', 'lr_at', 'rng_state', 'set_rng_state', 'gather_rng_states', 'optimizer_tensors',
-           'load_optimizer_state', 'save_checkpoint', 'latest_checkpoint', 'load_checkpoint', 'MetricsLogger',
-           'read_metrics', 'resolve_resume', 'check_resume_config', 'resume', 'resolve_precision', 'autocast_ctx',
-           'weights_in_sync', 'Built', 'Task', 'resolve_compile', 'NonFiniteWatch', 'fit', 'job_worker', 'run',
-           'describe_summary']
+           'steps_per_epoch', 'build_optimizer', 'lr_at', 'clip_gradients', 'rng_state', 'set_rng_state',
+           'gather_rng_states', 'optimizer_tensors', 'load_optimizer_state', 'save_checkpoint', 'latest_checkpoint',
+           'load_checkpoint', 'MetricsLogger', 'read_metrics', 'resolve_resume', 'check_resume_config', 'resume',
+           'resolve_precision', 'autocast_ctx', 'weights_in_sync', 'Built', 'Task', 'resolve_compile', 'NonFiniteWatch',
+           'fit', 'job_worker', 'run', 'describe_summary']
 
 # %% ../nbs/31_train.ipynb #47e8b61e
 @dataclass
@@ -52,9 +52,10 @@ class RunConfig:
     lr: float = 2e-4                     # peak learning rate
     min_lr: float = 1e-5                 # final learning rate of the cosine schedule
     warmup_steps: int = 26               # linear warmup steps
-    weight_decay: float = 1e-4           # AdamW weight decay (not on biases, norms, tokens, position tables)
+    weight_decay: float = 1e-4           # AdamW weight decay (not on biases, 1-D parameters and the model's no_weight_decay() names)
     beta2: float = 0.99                  # AdamW beta2 (beta1: 0.9)
     clip_grad: float = 3.0               # max gradient norm (0: no clipping)
+    clip_mode: str = 'global'            # how clip_grad applies: 'global' (BEiT/unilm, torch's clip_grad_norm_: one norm over all gradients) or 'per_param' (iBOT/DINO utils.clip_gradients: each parameter's gradient on its own)
     precision: str = 'auto'              # 'auto' (bf16 on GPU and on CPUs with AMX-BF16, else fp32), 'bf16' or 'fp32'
     compile: str = 'auto'                # torch.compile the trained model: 'auto' (on GPU for runs of 5000 steps or more, never on CPU), 'on' or 'off'
     device: str = 'auto'                 # 'auto', 'cpu' or 'cuda'
@@ -86,6 +87,7 @@ def validate_common(cfg: RunConfig) -> RunConfig:
     check(0 <= cfg.warmup_steps <= cfg.steps, 'warmup_steps', f'must be in [0, steps={cfg.steps}], got {cfg.warmup_steps}')
     check(cfg.weight_decay >= 0, 'weight_decay', f'must be >= 0, got {cfg.weight_decay}')
     check(cfg.clip_grad >= 0, 'clip_grad', f'must be >= 0, got {cfg.clip_grad}')
+    check(cfg.clip_mode in ('global', 'per_param'), 'clip_mode', f"must be 'global' or 'per_param', got {cfg.clip_mode!r}")
     check(cfg.num_workers >= 0, 'num_workers', f'must be >= 0, got {cfg.num_workers}')
     check(cfg.max_restarts >= 0, 'max_restarts', f'must be >= 0, got {cfg.max_restarts}')
     check(cfg.precision in ('auto', 'bf16', 'fp32'), 'precision', f"must be 'auto', 'bf16' or 'fp32', got {cfg.precision!r}")
@@ -209,23 +211,55 @@ def to_device(batch: dict, device: torch.device) -> dict:
     move = lambda v: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else [move(x) for x in v] if isinstance(v, list) else v
     return {k: move(v) for k, v in batch.items()}
 
+# %% ../nbs/31_train.ipynb #211b0214
+def steps_per_epoch(ds,                    # the run's dataset (a map dataset, or a `ShardStream`: its items counted)
+                    batch_size: int,       # images per step per process
+                    world_size: int = 1,   # processes
+                   ) -> int:
+    "Optimizer steps in one epoch of `ds`: `len(ds) // world_size // batch_size`, at least 1."
+    from beitv2_lab.shards import ShardStream
+    n = ds.n_items if isinstance(ds, ShardStream) else len(ds)
+    return max(1, n // world_size // batch_size)
+
 # %% ../nbs/31_train.ipynb #c7a456d0
-def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
-    "AdamW with weight decay off for 1-D params and every `<child>.no_weight_decay()` name."
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8,
+                    no_weight_decay: set | None = None, # names never decayed besides biases and 1-D params; None: the no_weight_decay() lists
+                   ):
+    "AdamW with weight decay off for biases, 1-D params and `no_weight_decay` (default: every `<child>.no_weight_decay()` name)."
     from timm.optim import param_groups_weight_decay
-    skip = set(getattr(model, 'no_weight_decay', lambda: set())())
-    for name, child in model.named_modules():
-        if name and hasattr(child, 'no_weight_decay'): skip |= {f'{name}.{k}' for k in child.no_weight_decay()}
-    groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=skip)
+    skip = no_weight_decay
+    if skip is None:
+        skip = set(getattr(model, 'no_weight_decay', lambda: set())())
+        for name, child in model.named_modules():
+            if name and hasattr(child, 'no_weight_decay'): skip |= {f'{name}.{k}' for k in child.no_weight_decay()}
+    groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=set(skip))
     params = [p for g in groups for p in g['params']]
     fused = all(p.device.type in ('cpu', 'cuda') and p.is_floating_point() for p in params)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
 
 def lr_at(step: int, lr: float, min_lr: float, warmup_steps: int, steps: int) -> float:
-    "Linear warmup to `lr`, then cosine decay to `min_lr` at `steps`."
-    if step < warmup_steps: return lr * (step + 1) / warmup_steps
+    "Entry `step` of the official `cosine_scheduler(lr, min_lr, ...)`: `np.linspace(0, lr, warmup_steps)`, then cosine to `min_lr` at `steps`."
+    if step < warmup_steps: return lr * step / max(warmup_steps - 1, 1)
     t = (step - warmup_steps) / max(1, steps - warmup_steps)
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
+
+# %% ../nbs/31_train.ipynb #711ee542
+def clip_gradients(params,                # parameters; those without a gradient are skipped
+                   max_norm: float,       # `clip_grad` (0: measure only)
+                   mode: str = 'global',  # 'global' (one norm over all) or 'per_param' (each gradient on its own)
+                  ) -> torch.Tensor:
+    "Clip the gradients of `params` in place; their joint norm before clipping, as a tensor (no host sync)."
+    if mode not in ('global', 'per_param'): raise ValueError(f"mode must be 'global' or 'per_param', got {mode!r}")
+    params = [p for p in params if p.grad is not None]
+    if mode == 'global': return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float('inf'))
+    if not params: return torch.zeros(())
+    grads = [p.grad for p in params]
+    norms = torch._foreach_norm(grads)                                       # one 0-d tensor per gradient
+    if max_norm > 0:
+        coefs = torch._foreach_add(norms, 1e-6); torch._foreach_reciprocal_(coefs)   # max_norm / (norm + 1e-6), as torch
+        torch._foreach_mul_(coefs, max_norm); torch._foreach_clamp_max_(coefs, 1.)   # divides a number by a tensor
+        torch._foreach_mul_(grads, coefs)
+    return torch.linalg.vector_norm(torch.stack(norms))
 
 # %% ../nbs/31_train.ipynb #3844ef1f
 def rng_state() -> tuple[dict, dict]:
@@ -399,6 +433,7 @@ class Built:
     frozen: dict = field(default_factory=dict) # frozen helpers (teacher, tokenizer): never checkpointed or optimised
     ddp: dict = field(default_factory=dict)    # DistributedDataParallel options
     train_module: torch.nn.Module | None = None  # the part DDP wraps and `step` calls (default: `model`)
+    no_weight_decay: set | None = None         # names in train_module never decayed besides biases and 1-D params (None: the no_weight_decay() lists; set(): the 1-D rule alone, iBOT/DINO)
     net: torch.nn.Module | None = None         # set by the loop: `train_module` wrapped in DDP (and compiled after the first step)
     optimizer: torch.optim.Optimizer | None = None  # set by the loop
     device: torch.device | None = None         # set by the loop
@@ -411,6 +446,7 @@ class Task:
     resume_keys: tuple = ()                    # config fields that must match a checkpoint to resume (besides DATA_KEYS)
     progress_keys: tuple = ('loss',)           # metrics shown on the progress bar
     def validate(self, cfg) -> None: validate_common(cfg)
+    def peak_lr(self, cfg) -> float: return cfg.lr   # the top of the lr schedule (a task may scale `cfg.lr`, e.g. by the batch)
     def build(self, cfg, device) -> Built: raise NotImplementedError(f'{type(self).__name__}.build')
     def dataset(self, cfg, built: Built): raise NotImplementedError(f'{type(self).__name__}.dataset')
     def step(self, built: Built, batch: dict, step: int) -> dict: raise NotImplementedError(f'{type(self).__name__}.step')
@@ -447,7 +483,7 @@ def _setup(task: Task, cfg, device) -> tuple[Built, dict | None]:
     torch.manual_seed(cfg.seed)
     built = task.build(cfg, device)
     built.device, built.cfg, trained = device, cfg, built.train_module or built.model
-    built.optimizer = build_optimizer(trained, cfg.lr, cfg.weight_decay, betas=(0.9, cfg.beta2))
+    built.optimizer = build_optimizer(trained, cfg.lr, cfg.weight_decay, betas=(0.9, cfg.beta2), no_weight_decay=built.no_weight_decay)
     state = resume(cfg, built.model, built.optimizer, keys=DATA_KEYS + task.resume_keys)
     if state: task.load_extra_state(built, state['extra'])
     built.net = torch.nn.parallel.DistributedDataParallel(trained, **built.ddp) if is_dist() else trained
@@ -473,14 +509,13 @@ class NonFiniteWatch:
 
 def _train_step(task: Task, built: Built, cfg, batch: dict, step: int, precision: str, watch: NonFiniteWatch) -> tuple[dict, float, torch.Tensor]:
     "One optimizer step: lr, forward under autocast, non-finite watch, backward, hooks, clipping, AdamW."
-    lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.steps)
+    lr = lr_at(step, task.peak_lr(cfg), cfg.min_lr, cfg.warmup_steps, cfg.steps)
     for g in built.optimizer.param_groups: g['lr'] = lr
     with autocast_ctx(built.device, precision): res = task.step(built, batch, step)
     watch.update(res['loss'], step)
     built.optimizer.zero_grad(set_to_none=True); res['loss'].backward()
     task.after_backward(built, step)
-    params = (built.train_module or built.model).parameters()
-    gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad if cfg.clip_grad > 0 else float('inf'))
+    gnorm = clip_gradients((built.train_module or built.model).parameters(), cfg.clip_grad, cfg.clip_mode)
     built.optimizer.step(); task.after_step(built, step)
     return res, lr, gnorm
 
