@@ -557,7 +557,7 @@ def _page_codes(self: CodebookGallery, page: int | None = None) -> list[int]:
     return self.order()[(page - 1) * n: page * n].tolist()
 
 def _gal_detail(self: CodebookGallery, code: int | None = None) -> dict:
-    "Usage, share, rank, top labels, label entropy, nearest codes (by codebook cosine) and the drawing (or why none) of `code`."
+    "Usage, share, rank, top labels (by name), label entropy, nearest codes (by codebook cosine) and the drawing (or why none) of `code`."
     g, code = self.gallery, default(code, self.code.value)
     if code is None or not 0 <= int(code) < g.codebook_size: raise ValueError(f'code must be in [0, {g.codebook_size}), got {code!r}')
     code, u = int(code), g.usage.double()
@@ -566,8 +566,9 @@ def _gal_detail(self: CodebookGallery, code: int | None = None) -> dict:
                rank=int((u > u[code]).sum()) + 1, nearest=list(zip(ids.tolist(), cos.tolist())), labels=[], entropy=None,
                kind=g.kind, drawn=g.code_image(code))
     if exists(g.label_counts) and g.label_counts[code].sum() > 0:
-        c = g.label_counts[code]; top = torch.sort(c, descending=True, stable=True).indices[:3]
-        out['labels'] = [(g.classes[i], int(c[i]), (c[i] / c.sum()).item()) for i in top.tolist() if c[i] > 0]
+        c, names = g.label_counts[code], g.class_names                        # names as people say them
+        top = torch.sort(c, descending=True, stable=True).indices[:3]
+        out['labels'] = [(names[i], int(c[i]), (c[i] / c.sum()).item()) for i in top.tolist() if c[i] > 0]
         out['entropy'] = g.label_entropy()[code].item()
     return out
 

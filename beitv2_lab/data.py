@@ -6,16 +6,19 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import importlib.util
 import logging
 import math
 import os
+import re
 import shutil
 import tarfile
 import urllib.request
 import warnings
 import zipfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import HTTPError
@@ -35,8 +38,8 @@ from .core import atomic_path, exists
 _log = logging.getLogger('beitv2_lab.data')  # named explicitly: in the notebook __name__ is __main__
 
 # %% auto #0
-__all__ = ['IMG_EXTENSIONS', 'MAX_PIXELS', 'UnreadableImage', 'load_image', 'Skipped', 'ImageFolder', 'hash_split', 'collate',
-           'SkipCounter', 'TokenizerTransform', 'TwoViewTransform', 'EvalTransform', 'embedded_photo_paths',
+__all__ = ['IMG_EXTENSIONS', 'MAX_PIXELS', 'UnreadableImage', 'load_image', 'Skipped', 'ImageFolder', 'hash_split', 'class_names',
+           'collate', 'SkipCounter', 'TokenizerTransform', 'TwoViewTransform', 'EvalTransform', 'embedded_photo_paths',
            'EmbeddedPhotos', 'fetch', 'MultiCropTransform']
 
 # %% ../nbs/05_data.ipynb #17dc3054
@@ -172,6 +175,30 @@ def hash_split(files,                # paths relative to the dataset root (str o
         h = int.from_bytes(hashlib.sha1(f'{salt}{Path(f).as_posix()}'.encode()).digest()[:8], 'big') / 2**64
         (held if h < holdout else train).append(i)
     return train, held
+
+# %% ../nbs/05_data.ipynb #fd846484
+_WNID = re.compile(r'n\d{8}')   # an ImageNet (WordNet) synset id
+
+@functools.lru_cache(maxsize=1)
+def _imagenet_info():
+    "timm's ImageNet class info, read once from the files shipped inside timm."
+    from timm.data import ImageNetInfo
+    return ImageNetInfo()
+
+def _wnid_name(c: str) -> str:
+    "The first lemma of ImageNet synset `c` ('n03888257' → 'parachute'); `c` itself when it is not one."
+    if not _WNID.fullmatch(c): return c
+    try: return _imagenet_info().label_name_to_description(c).split(',')[0].strip()
+    except KeyError: return c
+
+def class_names(classes) -> list[str]:
+    "Readable names of `classes` (e.g. `ImageFolder.classes`): ImageNet wnids → names, other names unchanged."
+    if isinstance(classes, (str, bytes)) or not hasattr(classes, '__iter__'):
+        raise TypeError(f'classes must be a list of class names (e.g. ImageFolder.classes), got {type(classes).__name__} {classes!r}')
+    classes = [str(c) for c in classes]
+    names = [_wnid_name(c) for c in classes]
+    count = Counter(names)
+    return [f'{n} ({c})' if count[n] > 1 and n != c else n for n, c in zip(names, classes)]
 
 # %% ../nbs/05_data.ipynb #bec4d2df
 def collate(batch: list) -> dict:

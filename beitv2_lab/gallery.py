@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .codebook import perplexity
 from .core import atomic_path, default, exists, l2norm, load_tagged, save_tagged
-from .data import Skipped, SkipCounter, collate
+from .data import Skipped, SkipCounter, class_names as _class_names, collate
 
 _log = logging.getLogger('beitv2_lab.gallery')  # named explicitly: in the notebook __name__ is __main__
 
@@ -171,6 +171,12 @@ def nearest_codes(self: CodeGallery, code: int, n: int = 8) -> tuple[torch.Tenso
     n = min(n, self.codebook_size - 1)
     return i[:n], s[:n]
 
+# %% ../nbs/50_gallery.ipynb #45e02bd7
+@patch(as_prop=True)
+def class_names(self: CodeGallery) -> list | None:
+    "The classes as people say them (`data.class_names`: ImageNet wnids → names), for display; None without labels."
+    return None if self.classes is None else _class_names(self.classes)
+
 # %% ../nbs/50_gallery.ipynb #22ca77c3
 _FIELDS = ('crops', 'scores', 'sources', 'usage', 'codebook', 'label_counts', 'code_images')
 
@@ -264,12 +270,13 @@ def contact_sheet(self: CodeGallery,
 
 # %% ../nbs/50_gallery.ipynb #6d50616b
 @patch
-def _html_row(self: CodeGallery, code: int, n: int, scale: int) -> str:
-    labels = ''
+def _html_row(self: CodeGallery, code: int, n: int, scale: int, names: list | None = None) -> str:
+    "One table row: the code, its usage, its top labels (by `names`, default `class_names`), the drawing and the crops."
+    labels, names = '', default(names, lambda: self.class_names)
     if exists(self.label_counts) and self.label_counts[code].sum() > 0:
         cnt = self.label_counts[code]
         top = torch.sort(cnt, descending=True, stable=True).indices[:3]
-        labels = ' · '.join(f'{html.escape(str(self.classes[i]))} {100 * cnt[i] / cnt.sum():.0f}%' for i in top.tolist() if cnt[i] > 0)
+        labels = ' · '.join(f'{html.escape(str(names[i]))} {100 * cnt[i] / cnt.sum():.0f}%' for i in top.tolist() if cnt[i] > 0)
     img = _png_base64(self._row_image(code, n, scale))
     drawn = ''
     if exists(self.code_images):                     # the code decoded alone, beside the patches that use it
@@ -293,7 +300,8 @@ def to_html(self: CodeGallery,
             f'{self.perplexity:.1f} · n_images {m.get("n_images", "?")} ({m.get("skipped", 0)} unreadable skipped) · '
             f'top {self.top_k} patches per code · {len(codes)} codes shown, sorted by {html.escape(by)}</p>')
     style = 'body{font-family:sans-serif}td{padding:2px 8px;vertical-align:middle}td.id,td.usage{text-align:right}'
-    rows = ''.join(self._html_row(c, self.top_k, scale) for c in codes)
+    names = self.class_names                                                     # once, not per row
+    rows = ''.join(self._html_row(c, self.top_k, scale, names) for c in codes)
     doc = (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Code gallery</title><style>{style}</style></head>'
            f'<body>{head}<table><tr><th>code</th><th>usage</th><th>labels</th><th>top patches</th></tr>\n{rows}</table></body></html>\n')
     with atomic_path(path) as tmp: Path(tmp).write_text(doc, encoding='utf-8')
