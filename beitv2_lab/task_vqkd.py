@@ -23,13 +23,14 @@ class VQKDConfig(RunConfig):
     teacher: str = 'efficientnet_lite0'  # teacher name (beitv2_lab.teachers.list_teachers()), e.g. clip_vit_b16, dino_vit_b16, hog
     teacher_weights: str = ''            # local weight file for the teacher ('': the teacher's default source)
     model: str = 'vqkd_tiny'             # tokenizer variant (beitv2_lab.tokenizer.list_tokenizers())
-    img_size: int = 160                  # input resolution (multiple of the patch size 16); 224 is the official size
-    teacher_size: int = 160              # resolution the teacher runs at (0: the teacher's own default, 224 for the built-in ones)
+    img_size: int = 128                  # input resolution (multiple of the patch size 16); 224 is the official size
+    teacher_size: int = 128              # resolution the teacher runs at (0: the teacher's own default, 224 for the built-in ones)
     codebook_size: int = 8192            # K, number of codes
     code_dim: int = 32                   # C, code dimension
     ema_decay: float = 0.99              # codebook EMA decay
     dead_code_threshold: float = 0.2     # restart a code from batch vectors when its EMA usage falls below this fraction of a uniform share (0: never)
     restart_grace: int = 0               # steps a restarted code survives without winning a vector (0: it must win at its next step)
+    steps: int = 220                     # optimizer steps (the default notebook: under 3 minutes on 2 CPU cores)
     out_dir: str = 'runs/vqkd'           # checkpoints, metrics.jsonl, tensorboard, tokenizer.safetensors
 
 # %% ../nbs/33_task_vqkd.ipynb #4c68840b
