@@ -343,15 +343,21 @@ def mim_predictions(model: nn.Module,                     # a `BEiTv2` with a co
 
 # %% ../nbs/52_inspect.ipynb #733a3dd9
 @torch.no_grad()
-def decode_predictions(tokenizer,      # a dVAE (`dvae.DiscreteVAE`); other kinds: `NotApplicable`
-                       preds: dict,    # from `mim_predictions`
+def decode_predictions(tokenizer,              # a dVAE (`dvae.DiscreteVAE`), or a VQ-KD tokenizer with `pixel_decoder`
+                       preds: dict,            # from `mim_predictions`
+                       pixel_decoder=None,     # for a VQ-KD tokenizer: a `task_pixdec.PixelDecoder` trained on it, or its file
                       ) -> dict | NotApplicable:  # `true`, `predicted`: `[B, 3, H, W]` in [0, 1] at the tokenizer's size
     "The decoder's pixels from the true codes, and from the predicted codes at the masked patches (true codes elsewhere)."
-    if not hasattr(tokenizer, 'code_images'):
-        return NotApplicable(tokenizer_facts(getattr(tokenizer, 'kind', None))['drawn'] or 'this tokenizer has no pixel decoder')
     ids, m = preds['tok_ids'], preds['bool_masked_pos']
-    dev = next(tokenizer.parameters()).device
     mixed = torch.where(m, preds['pred'], ids)                                   # [B, N]
+    if exists(pixel_decoder):
+        from beitv2_lab.task_pixdec import decode_codes, load_pixel_decoder
+        if isinstance(pixel_decoder, (str, os.PathLike)): pixel_decoder = load_pixel_decoder(pixel_decoder)
+        return dict(true=decode_codes(pixel_decoder, tokenizer, ids).cpu(), predicted=decode_codes(pixel_decoder, tokenizer, mixed).cpu())
+    if not hasattr(tokenizer, 'code_images'):
+        why = tokenizer_facts(getattr(tokenizer, 'kind', None))['drawn'] or 'this tokenizer has no pixel decoder'
+        return NotApplicable(why + ('; pass pixel_decoder= (train one with nbs/train_pixdec.ipynb)' if getattr(tokenizer, 'kind', None) == 'vqkd' else ''))
+    dev = next(tokenizer.parameters()).device
     return dict(true=tokenizer.decode(ids.to(dev), grid=tuple(tokenizer.grid)).cpu(),
                 predicted=tokenizer.decode(mixed.to(dev), grid=tuple(tokenizer.grid)).cpu())
 

@@ -11,16 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from .codebook import perplexity
 from .distrib import get_world_size, is_dist, tensors_in_sync
 from .dvae import DVAE_VARIANTS, create_dvae, kl_weight_at, temperature_at
+from .report import eval_dataset, image_psnr
 from .train import Built, RunConfig, Task, build_dataset, check, validate_common
 
 # %% auto #0
 __all__ = ['DVAEConfig', 'validate_dvae', 'dvae_schedules', 'dvae_dataset', 'usage_in_sync', 'DVAETask', 'evaluate_dvae',
-           'reconstruction_psnr', 'eval_dataset', 'evaluate_run', 'plot_reconstructions', 'plot_code_images']
+           'reconstruction_psnr', 'evaluate_run', 'plot_reconstructions', 'plot_code_images']
 
 # %% ../nbs/35_task_dvae.ipynb #391254f2
 @dataclass
@@ -137,8 +138,7 @@ def evaluate_dvae(model,                   # a `DiscreteVAE`
             if x.min() < 0 or x.max() > 1: raise ValueError(f'images must be in [0, 1], got [{x.min().item():.2f}, {x.max().item():.2f}]')
             tok_ids = model.encode(x)                                        # [B, N]
             rec = model.decode(tok_ids, grid=(x.shape[-2] // 8, x.shape[-1] // 8))
-            mse = (rec.float() - x.float()).pow(2).flatten(1).mean(1)        # [B]
-            psnr.append(-10 * torch.log10(mse.clamp(min=1e-10)).cpu()); usage += torch.bincount(tok_ids.flatten().cpu(), minlength=model.codebook_size)
+            psnr.append(image_psnr(rec, x).cpu()); usage += torch.bincount(tok_ids.flatten().cpu(), minlength=model.codebook_size)
     finally: model.train(was_training)
     if not psnr: raise ValueError('no readable image in dataset')
     psnr = torch.cat(psnr)
@@ -150,16 +150,6 @@ def reconstruction_psnr(model, dataset, batch_size: int = 64, num_workers: int =
     return evaluate_dvae(model, dataset, batch_size, num_workers)['psnr']
 
 # %% ../nbs/35_task_dvae.ipynb #6827d817
-def eval_dataset(cfg: DVAEConfig, n_images: int):
-    "Up to `n_images` evaluation items spread evenly over the data (see above), and the name of the part they are from."
-    from beitv2_lab.data import EvalTransform
-    embedded = cfg.data_path == 'embedded'
-    split = 'holdout' if cfg.split == 'train' else cfg.split
-    ecfg = dataclasses.replace(cfg, split=split, seed=cfg.seed + 1 if embedded else cfg.seed)
-    ds = build_dataset(ecfg, EvalTransform(cfg.img_size, resize=cfg.img_size if embedded else None, mean=None))
-    idx = torch.linspace(0, len(ds) - 1, min(n_images, len(ds))).round().long().unique().tolist()
-    return Subset(ds, idx), 'embedded (other crops)' if embedded else split
-
 def evaluate_run(model, cfg: DVAEConfig) -> dict:
     "`evaluate_dvae` on `eval_dataset(cfg, cfg.eval_images)`, its keys prefixed with `eval_`."
     ds, part = eval_dataset(cfg, cfg.eval_images)

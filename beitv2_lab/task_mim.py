@@ -32,7 +32,7 @@ class MIMConfig(RunConfig):
     target_size: int = 0                 # resolution a teacher target runs at (0: img_size)
     tokenizer: str = 'runs/vqkd/tokenizer.safetensors'  # with target 'tokens': a tokenizer file of any kind (VQ-KD from train_vqkd, a dVAE, an iBOT teacher) or an official VQ-KD base checkpoint
     model: str = 'beitv2_tiny_patch16_224'  # MIM variant (beitv2_lab.mim.list_mim())
-    img_size: int = 160                  # the backbone view's resolution; its patch grid must equal the tokenizer's code grid
+    img_size: int = 128                  # the backbone view's resolution; its patch grid must equal the tokenizer's code grid
     patch_aggregation: bool = True       # BEiT v2 CLS-pretraining branch (False: BEiT v1-style MIM)
     early_layers: int = 0                # patch states after this block feed the aggregation branch (0: the variant's default)
     mask_mode: str = 'v2'                # 'v2' blockwise exact (official), 'v1' blockwise at most, 'random' (MAE-style)

@@ -99,8 +99,9 @@ def _run_notebooks():
     from beitv2_lab.compare import CompareConfig
     from beitv2_lab.task_dvae import DVAEConfig
     from beitv2_lab.task_ibot import IBOTConfig
+    from beitv2_lab.task_pixdec import PixDecConfig
     return [('train_vqkd.ipynb', VQKDConfig), ('pretrain_mim.ipynb', MIMConfig), ('train_dvae.ipynb', DVAEConfig),
-            ('pretrain_ibot.ipynb', IBOTConfig), ('compare_targets.ipynb', CompareConfig)]
+            ('pretrain_ibot.ipynb', IBOTConfig), ('compare_targets.ipynb', CompareConfig), ('train_pixdec.ipynb', PixDecConfig)]
 
 @pytest.mark.parametrize('nb, cls', _run_notebooks())
 def test_parameter_cells_match_configs(nb, cls):
