@@ -21,14 +21,14 @@ from torch.utils.data import DataLoader, Subset
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
 
-from .core import default, exists, l2norm, read_header
+from .core import _check_xy, _num_classes, default, exists, knn_eval, l2norm, read_header
 from .data import SkipCounter, collate
 
 _log = logging.getLogger('beitv2_lab.evaluate')  # named explicitly: in the notebook __name__ is __main__
 
 # %% auto #0
-__all__ = ['BACKBONE_KINDS', 'extract_features', 'vit_features', 'knn_eval', 'DenseRows', 'feature_stats', 'val_split',
-           'linear_probe', 'code_idf', 'CodeHistograms', 'encode_dataset', 'code_histogram_probe', 'layer_id',
+__all__ = ['BACKBONE_KINDS', 'extract_features', 'vit_features', 'DenseRows', 'feature_stats', 'val_split', 'linear_probe',
+           'code_idf', 'CodeHistograms', 'encode_dataset', 'code_histogram_probe', 'layer_id',
            'layer_decay_param_groups', 'evaluate_classifier', 'finetune', 'pooled_teacher_features', 'eval_datasets',
            'normalised', 'compare_backbones', 'markdown_table', 'official_beit_config', 'Backbone', 'load_backbone',
            'load_backbones', 'finetune_transforms', 'timm_classifier', 'finetune_backbones']
@@ -87,44 +87,6 @@ def vit_features(model: nn.Module,  # has `forward_features(x) -> [B, prefix + N
         cls, avg = x[:, 0], x[:, prefix:].mean(1)
         return {'cls': cls, 'mean': avg, 'cls+mean': torch.cat([cls, avg], -1)}[pool]
     return fn
-
-# %% ../nbs/40_evaluate.ipynb #1176f701
-def _check_xy(feats, labels, name: str):
-    if not (torch.is_tensor(feats) and feats.ndim == 2): raise ValueError(f'{name}_feats must be a tensor [n, F]')
-    if not (torch.is_tensor(labels) and labels.ndim == 1 and len(labels) == len(feats)):
-        raise ValueError(f'{name}_labels must be a tensor [n] matching {name}_feats ({len(feats)} rows)')
-    if len(feats) == 0: raise ValueError(f'{name}_feats is empty')
-    if labels.min() < 0: raise ValueError(f'{name}_labels must be >= 0 (unlabelled data cannot be evaluated)')
-
-def _num_classes(num_classes, *labels) -> int:
-    need = max(int(y.max()) for y in labels) + 1
-    if exists(num_classes) and num_classes < need: raise ValueError(f'num_classes={num_classes} but labels go up to {need - 1}')
-    return default(num_classes, need)
-
-# %% ../nbs/40_evaluate.ipynb #8fa191db
-@torch.no_grad()
-def knn_eval(train_feats: torch.Tensor, train_labels: torch.Tensor,  # [n, F], [n]
-             test_feats: torch.Tensor, test_labels: torch.Tensor,    # [m, F], [m]
-             k: int = 20,                  # neighbours that vote
-             temperature: float = 0.07,    # T in the vote weight exp(sim / T)
-             num_classes: int | None = None,  # default: 1 + the largest label
-             chunk_size: int = 1024,       # test rows per similarity block
-            ) -> dict:
-    "DINO's weighted k-NN classifier on cosine similarity: top-1 / top-5 accuracy in percent."
-    _check_xy(train_feats, train_labels, 'train'); _check_xy(test_feats, test_labels, 'test')
-    if train_feats.shape[1] != test_feats.shape[1]: raise ValueError(f'feature widths differ: {train_feats.shape[1]} vs {test_feats.shape[1]}')
-    if k < 1: raise ValueError(f'k must be >= 1, got {k}')
-    if temperature <= 0: raise ValueError(f'temperature must be > 0, got {temperature}')
-    C, k = _num_classes(num_classes, train_labels, test_labels), min(k, len(train_feats))
-    bank, bank_labels, hits1, hits5 = l2norm(train_feats.float()).T, train_labels.long(), 0, 0
-    for i in range(0, len(test_feats), chunk_size):
-        q, y = l2norm(test_feats[i:i + chunk_size].float()), test_labels[i:i + chunk_size].long()
-        sim, idx = (q @ bank).topk(k, dim=1)                                      # [b, k]
-        votes = torch.zeros(len(q), C).scatter_add_(1, bank_labels[idx], (sim / temperature).exp())  # [b, C]
-        pred = votes.topk(min(5, C), dim=1).indices                               # [b, 5]
-        hits1 += (pred[:, 0] == y).sum().item(); hits5 += (pred == y[:, None]).any(1).sum().item()
-    n = len(test_feats)
-    return dict(top1=100 * hits1 / n, top5=100 * hits5 / n, k=k, temperature=temperature)
 
 # %% ../nbs/40_evaluate.ipynb #9d49d6f9
 class DenseRows:

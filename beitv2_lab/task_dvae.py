@@ -114,6 +114,11 @@ class DVAETask(Task):
     def extra_state(self, built) -> dict: return built.model.extra_state_dict()
     def load_extra_state(self, built, tensors): built.model.load_extra_state_dict(tensors)
 
+    def features(self, built, images) -> torch.Tensor:
+        "The online k-NN's features: the encoder's logits averaged over positions `[B, K]` (images in [0, 1], as for training)."
+        from beitv2_lab.dvae import map_pixels, nhwc
+        return built.model.encoder(nhwc(map_pixels(images))).float().mean((2, 3))
+
     def finish(self, built, out_dir) -> dict:
         out = dict(dvae=str(built.model.save(Path(out_dir)/'dvae.safetensors')))
         if built.cfg.eval_images: out.update(evaluate_run(built.model, built.cfg))

@@ -233,6 +233,15 @@ def window_metrics(self: IBOTTask, built: Built, step: int) -> dict:
     return row
 
 @patch
+def feature_size(self: IBOTTask, cfg) -> int: return cfg.global_size
+
+@patch
+def features(self: IBOTTask, built: Built, images: torch.Tensor) -> torch.Tensor:
+    "The online k-NN's features: the EMA teacher's backbone CLS token `[B, D]` of ImageNet-normalised images (as the crops are)."
+    from torchvision.transforms.functional import normalize
+    return built.model.teacher.backbone.forward_features(normalize(images, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD))[:, 0]
+
+@patch
 def finish(self: IBOTTask, built: Built, out_dir) -> dict:
     from beitv2_lab.ibot import IBOTTokenizer, save_ibot_model
     from beitv2_lab.mim import export_timm

@@ -182,6 +182,12 @@ class MIMTask(Task):
         with torch.no_grad(): targets = mask_selector(mask, num)(built.frozen['teacher'](batch['tok_image']))   # [M, D], frozen
         return built.model.forward_loss(built.net(batch['image'], mask, num_masked=num), targets, built.frozen['loss_fn'])
 
+    def features(self, built, images) -> torch.Tensor:
+        "The online k-NN's features: the backbone's CLS token `[B, D]` of ImageNet-normalised images (as `TwoViewTransform` gives them)."
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+        from torchvision.transforms.functional import normalize
+        return built.model.forward_features(normalize(images, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD))[:, 0]
+
     def finish(self, built, out_dir) -> dict:
         from beitv2_lab.mim import export_timm
         return dict(mim=str(save_mim(built.model, Path(out_dir)/'mim.safetensors')),

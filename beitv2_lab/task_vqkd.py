@@ -97,6 +97,10 @@ class VQKDTask(Task):
     def extra_state(self, built) -> dict: return built.model.quantize.extra_state_dict()
     def load_extra_state(self, built, tensors): built.model.quantize.load_extra_state_dict(tensors)
 
+    def features(self, built, images) -> torch.Tensor:
+        "The online k-NN's features: the mean of the encoder's patch vectors `[B, C]` (images in [0, 1], as for training)."
+        return built.model.forward_encoder(images).mean(1)
+
     def finish(self, built, out_dir) -> dict:
         from beitv2_lab.tokenizer import save_tokenizer
         return dict(tokenizer=str(save_tokenizer(built.model, Path(out_dir)/'tokenizer.safetensors')))

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from .core import atomic_path, has_amx_bf16, keep_freed_memory, load_tagged, save_tagged, trusted_inputs
+from .core import atomic_path, has_amx_bf16, keep_freed_memory, knn_eval, load_tagged, save_tagged, trusted_inputs
 from .distrib import (all_reduce_mean, cleanup, get_rank, get_world_size, init_distributed, is_dist, is_main, launch,
                                 gather, node_info, resolve_device, tensors_in_sync)
 
@@ -35,8 +35,9 @@ __all__ = ['log', 'DATA_KEYS', 'AUTO_COMPILE_STEPS', 'RunConfig', 'check', 'vali
            'steps_per_epoch', 'build_optimizer', 'lr_at', 'clip_gradients', 'rng_state', 'set_rng_state',
            'gather_rng_states', 'optimizer_tensors', 'load_optimizer_state', 'save_checkpoint', 'latest_checkpoint',
            'load_checkpoint', 'MetricsLogger', 'read_metrics', 'resolve_resume', 'check_resume_config', 'resume',
-           'resolve_precision', 'autocast_ctx', 'weights_in_sync', 'Built', 'Task', 'resolve_compile', 'NonFiniteWatch',
-           'fit', 'job_worker', 'run', 'describe_summary']
+           'resolve_precision', 'autocast_ctx', 'weights_in_sync', 'Built', 'Task', 'KNNSplit', 'knn_halves',
+           'knn_dataset', 'knn_split', 'online_knn', 'knn_due', 'knn_setup', 'resolve_compile', 'NonFiniteWatch', 'fit',
+           'job_worker', 'run', 'describe_summary']
 
 # %% ../nbs/31_train.ipynb #47e8b61e
 @dataclass
@@ -70,6 +71,9 @@ class RunConfig:
     ckpt_every: int = 100                # checkpoint every N steps (and always at the end)
     keep_checkpoints: int = 2            # how many step checkpoints to keep
     log_every: int = 10                  # metrics every N steps (window statistics such as codebook usage are over this window)
+    knn_every: int = 60                  # online k-NN top-1 (knn_top1) on held-out labelled images about every N steps, on the first log step at or after each multiple and at the last step (0: off)
+    knn_images: int = 300                # held-out images of the online k-NN, half its bank and half its queries
+    knn_k: int = 20                      # neighbours that vote in the online k-NN (DINO's weighted vote, temperature 0.07)
     seed: int = 0                        # seed of model init, data order and augmentation
     progress: bool = True                # show a progress bar
 
@@ -97,6 +101,9 @@ def validate_common(cfg: RunConfig) -> RunConfig:
     check(cfg.nnodes == 1 or bool(cfg.rdzv_endpoint and cfg.run_id), 'rdzv_endpoint', 'multi-node runs need rdzv_endpoint and run_id')
     check(cfg.split in ('all', 'train', 'holdout'), 'split', f"must be 'all', 'train' or 'holdout', got {cfg.split!r}")
     check(0 < cfg.holdout < 1, 'holdout', f'must be in (0, 1), got {cfg.holdout}')
+    check(cfg.knn_every >= 0, 'knn_every', f'must be >= 0 (0: no online k-NN), got {cfg.knn_every}')
+    check(cfg.knn_images >= 4, 'knn_images', f'must be >= 4 (half bank, half queries), got {cfg.knn_images}')
+    check(cfg.knn_k >= 1, 'knn_k', f'must be >= 1, got {cfg.knn_k}')
     if cfg.data_path != 'embedded':
         check(Path(cfg.data_path).is_dir() or (Path(cfg.data_path).name == 'index.json' and Path(cfg.data_path).is_file()),
               'data_path', f'folder (or shard index.json) not found: {cfg.data_path}')
@@ -456,6 +463,86 @@ class Task:
     def extra_state(self, built: Built) -> dict: return {}
     def load_extra_state(self, built: Built, tensors: dict) -> None: pass
     def finish(self, built: Built, out_dir: Path) -> dict: return {}
+    def feature_size(self, cfg) -> int: return getattr(cfg, 'img_size', 224)   # side of the images `features` takes
+    def features(self, built: Built, images: torch.Tensor) -> torch.Tensor | None: return None   # [B, 3, S, S] in [0, 1] -> [B, F] for the online k-NN (None: no k-NN)
+
+# %% ../nbs/31_train.ipynb #8591c414
+@dataclass
+class KNNSplit:
+    "The online k-NN's labelled images, decoded once, and which of them form its bank and its queries."
+    images: torch.Tensor   # [n, 3, S, S] uint8
+    labels: torch.Tensor   # [n] class ids
+    bank: torch.Tensor     # [n_bank] indices of the bank (the k-NN's training half)
+    test: torch.Tensor     # [n_test] indices of the queries
+
+def knn_halves(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    "(bank, test) indices: within each class the items alternate, first to the bank (deterministic, class-balanced)."
+    rank = torch.zeros_like(labels)
+    for c in labels.unique(): idx = (labels == c).nonzero()[:, 0]; rank[idx] = torch.arange(len(idx))
+    return (rank % 2 == 0).nonzero()[:, 0], (rank % 2 == 1).nonzero()[:, 0]
+
+# %% ../nbs/31_train.ipynb #86da2ee9
+def knn_dataset(cfg, size: int):
+    "The online k-NN's labelled items (`'image'` uint8 `[3, size, size]`, `'label'`), or None when the data has no labels."
+    from torch.utils.data import Subset
+    from torchvision import transforms as T
+    from beitv2_lab.data import EmbeddedPhotos, ImageFolder
+    if cfg.data_path == 'embedded':     # other crops than training's (another seed), labelled by photo
+        return EmbeddedPhotos(n_samples=cfg.knn_images, size=size, transform=T.PILToTensor(), seed=cfg.seed + 1)
+    if is_shard_index(cfg.data_path): return None
+    tf = T.Compose([T.Resize(round(size / 0.875), T.InterpolationMode.BICUBIC), T.CenterCrop(size), T.PILToTensor()])
+    ds = ImageFolder(cfg.data_path, transform=tf, target_size=size)
+    if not ds.classes: return None
+    ds = ds.split('holdout', holdout=cfg.holdout)
+    return Subset(ds, range(0, len(ds), -(-len(ds) // cfg.knn_images)))
+
+# %% ../nbs/31_train.ipynb #0c0ff399
+@torch.no_grad()
+def knn_split(cfg, size: int) -> KNNSplit | None:
+    "The online k-NN's split decoded once (RNG states untouched), or None (with a warning) when the data has no labels."
+    from beitv2_lab.data import SkipCounter, collate
+    ds = knn_dataset(cfg, size)
+    if ds is None:
+        if is_main(): log.warning('knn_every: %s has no class labels (a flat folder or shards): no online k-NN; set knn_every=0 to silence this', cfg.data_path)
+        return None
+    images, labels, skips = [], [], SkipCounter()
+    with torch.random.fork_rng(devices=[]):
+        for b in DataLoader(ds, 64, num_workers=min(cfg.num_workers, 4), collate_fn=collate, generator=torch.Generator()):
+            if skips.update(b) is not None and 'image' in b: images.append(b['image']); labels.append(b['label'].long())
+    labels = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+    bank, test = knn_halves(labels)
+    check(len(test) > 0, 'knn_images', f'{len(labels)} readable held-out image(s) leave no k-NN queries; raise knn_images or holdout')
+    return KNNSplit(torch.cat(images), labels, bank, test)
+
+# %% ../nbs/31_train.ipynb #60a6dac0
+@torch.no_grad()
+def online_knn(task: Task, built: Built, split: KNNSplit, k: int = 20, precision: str = 'fp32', batch_size: int = 64) -> float:
+    "Top-1 (%) of DINO's weighted k-NN on `task.features` of `split`: eval mode, RNG states and train flags restored."
+    modes, cuda = [(m, m.training) for m in built.model.modules()], [built.device] if built.device.type == 'cuda' else []
+    feats = []
+    with torch.random.fork_rng(devices=cuda):
+        built.model.eval()
+        try:
+            for i in range(0, len(split.images), batch_size):
+                x = split.images[i:i + batch_size].to(built.device).float() / 255          # [b, 3, S, S] in [0, 1]
+                with autocast_ctx(built.device, precision): f = task.features(built, x)
+                if f is None or f.ndim != 2 or len(f) != len(x): raise ValueError(f'{type(task).__name__}.features must give [B, F], got {None if f is None else tuple(f.shape)}')
+                feats.append(f.float().cpu())
+        finally:
+            for m, mode in modes: m.training = mode
+    feats = torch.cat(feats)
+    return knn_eval(feats[split.bank], split.labels[split.bank], feats[split.test], split.labels[split.test], k=k)['top1']
+
+def knn_due(cfg, step: int) -> bool:
+    "Whether log step `step` (1-based) scores the k-NN: the first log step at or after each multiple of `knn_every`, and the last step."
+    if cfg.knn_every == 0: return False
+    return step == cfg.steps or step // cfg.knn_every > max(0, step - cfg.log_every) // cfg.knn_every
+
+def knn_setup(task: Task, cfg, start: int) -> KNNSplit | None:
+    "The split if a run from step `start` reaches a k-NN step and `task` has `features`, else None (nothing decoded)."
+    if cfg.knn_every == 0 or start >= cfg.steps: return None                 # a k-NN at the last step at least
+    if type(task).features is Task.features: return None
+    return knn_split(cfg, task.feature_size(cfg))
 
 # %% ../nbs/31_train.ipynb #9be00e7e
 def _set_cpu_threads(device):
@@ -534,6 +621,7 @@ def fit(task: Task, cfg) -> dict:
     position = state['positions'][get_rank()] if state else 0                  # items this rank's stream has drawn
     logger, skips, last, in_sync = MetricsLogger(out, resume_step=start if state else None), SkipCounter(), {}, True
     skips.count = state.get('skipped', 0) if state else 0
+    knn = knn_setup(task, cfg, start)                                          # None: no k-NN step in this run
     batches = Batches(make_loader(task.dataset(cfg, built), cfg, position, device), skips, position)
     pbar = tqdm(total=cfg.steps, initial=start, disable=not (cfg.progress and is_main()), mininterval=2, desc=task.name)
     built.model.train(); t0, seen, watch = time.perf_counter(), 0, NonFiniteWatch(device)
@@ -550,6 +638,7 @@ def fit(task: Task, cfg) -> dict:
             row.update({k: v for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
             row.update(grad_norm=gnorm, lr=lr, img_per_s=seen * world / (time.perf_counter() - t0), skipped=skips.count)
             row.update(task.window_metrics(built, step + 1))
+            if knn is not None and knn_due(cfg, step + 1): row['knn_top1'] = online_knn(task, built, knn, cfg.knn_k, precision)
             logger.log(step + 1, **row); t0, seen = time.perf_counter(), 0
             last = {'step': step + 1, **{k: float(v) if isinstance(v, torch.Tensor) else v for k, v in row.items()}}
             pbar.set_postfix({k: f'{last[k]:.3f}' for k in task.progress_keys if k in last})

@@ -96,7 +96,7 @@ def test_worker_gets_every_flag(name, flags):
 def test_table_names_what_did_not_run(smoke, tmp_path):
     "A part killed mid-way keeps the configurations it measured; a failed part shows its error; a skipped one says so."
     from gpu_table import table
-    _, logs = smoke
+    _, logs, _ = smoke
     mim = (logs/'mim.log').read_text().splitlines()
     first = next(i for i, l in enumerate(mim) if l.startswith('RESULT ') and '"fp32": {' in l)
     (tmp_path/'mim.log').write_text('\n'.join(mim[:first + 1]))                 # killed after fp32
