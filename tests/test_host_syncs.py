@@ -11,6 +11,7 @@ from beitv2_lab.core import HostSyncs
 from beitv2_lab.task_dvae import DVAEConfig, DVAETask
 from beitv2_lab.task_ibot import IBOTConfig, IBOTTask
 from beitv2_lab.task_mim import MIMConfig, MIMTask
+from beitv2_lab.task_pixdec import PixDecConfig, PixDecTask
 from beitv2_lab.task_vqkd import VQKDConfig, VQKDTask
 from beitv2_lab.tokenizer import create_tokenizer, save_tokenizer
 
@@ -27,6 +28,7 @@ TASKS = {
     'ibot': lambda tok: (IBOTTask(), IBOTConfig(global_size=32, local_size=16, n_local=2, out_dim=64, hidden_dim=64,
                                                 bottleneck_dim=16, batch_size=4, teacher_temp_warmup_steps=2,
                                                 freeze_last_layer=1, n_embedded=16)),
+    'pixdec': lambda tok: (PixDecTask(), PixDecConfig(tokenizer=tok, width=4, batch_size=4, n_embedded=16, eval_images=0)),
 }
 ALLOWED = {'ibot': {'getitem[bool mask]': 1},           # per-image mask counts: the masked rows' number is data
            'mim-v1-masks': {'__int__': 1}}              # v1 masks hold "at most" the count: M is read once
