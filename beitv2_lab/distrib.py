@@ -9,8 +9,10 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import threading
 import uuid
 from datetime import timedelta
 
@@ -147,7 +149,7 @@ def launch(fn,                          # importable function run on every worke
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     # a fresh store for every rendezvous round, hosted by the group's rank 0 (torch's opt-out of one store shared by
     # all restarts): a restarted group never meets the killed group's keys, on any node (see `_group_store`)
-    saved = os.environ.get(_FRESH_STORE)
+    saved, handlers = os.environ.get(_FRESH_STORE), _signal_handlers()
     os.environ.setdefault(_FRESH_STORE, '1')
     try: results = elastic_launch(cfg, fn)(*args)
     except ChildFailedError as e:                   # name the worker's own error, not only the launcher's
@@ -155,9 +157,16 @@ def launch(fn,                          # importable function run on every worke
         raise RuntimeError(f'worker rank {rank} failed: {_failure_message(failure)}') from e
     finally:
         if saved is None: os.environ.pop(_FRESH_STORE, None)
+        for sig, h in handlers.items(): signal.signal(sig, h)   # torch elastic's agent leaves its own installed
     return results[min(results)] if isinstance(results, dict) and results else results
 
-_FRESH_STORE = 'TORCH_DISABLE_SHARE_RDZV_TCP_STORE'   # read by torch elastic's c10d rendezvous in the launching process
+_FRESH_STORE = 'TORCH_DISABLE_SHARE_RDZV_TCP_STORE'
+
+def _signal_handlers() -> dict:
+    "This process's handlers of the signals torch elastic's agent takes over (it raises `SignalException` on them and never gives them back)."
+    names = ('SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT')
+    if threading.current_thread() is not threading.main_thread(): return {}   # handlers can only be set from the main thread
+    return {getattr(signal, n): signal.getsignal(getattr(signal, n)) for n in names if hasattr(signal, n)}   # read by torch elastic's c10d rendezvous in the launching process
 
 def _failure_message(failure) -> str:
     "The worker's exception message from an elastic `ProcessFailure` (its error file), else its exit code."

@@ -65,15 +65,15 @@ def test_site_has_every_notebook_and_guide(site):
     assert {'train_vqkd', 'pretrain_mim', 'train_dvae', 'pretrain_ibot', 'compare_targets', 'eval',
             'codebook_gallery'} <= {k for k, v in kinds.items() if v == 'run'}
     assert {'00_core', '30_distrib', '31_train', '60_compare'} <= {k for k, v in kinds.items() if v == 'module'}
-    assert {'scaling-out', 'dashboards', 'comparison', 'performance', 'developing'} <= {k for k, v in kinds.items() if v == 'guide'}
+    assert {'architecture', 'scaling-out', 'dashboards', 'comparison', 'performance', 'developing'} <= {k for k, v in kinds.items() if v == 'guide'}
     for p in pages: assert html_of(site_dir, p.out).is_file(), p.out
     from beitv2_lab.task_vqkd import VQKDConfig
     rows = {r['name']: r for r in docs_build.field_rows(VQKDConfig)}
-    assert rows['steps']['comment'] == 'optimizer steps'                       # inherited from RunConfig
+    assert rows['batch_size']['comment'] == 'images per step per process'      # inherited from RunConfig
     assert rows['out_dir']['comment'].endswith('tokenizer.safetensors') and rows['out_dir']['default'] == 'runs/vqkd'
     html = (site_dir/'runs'/'train_vqkd'/'index.html').read_text()
     for name in rows: assert f'<code>{name}</code>' in html, name
-    assert 'optimizer steps' in html and 'K, number of codes' in html
+    assert 'images per step per process' in html and 'K, number of codes' in html
     assert seconds < 90, f'the build took {seconds:.0f} s'
 
 
