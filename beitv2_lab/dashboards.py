@@ -33,7 +33,7 @@ from .train import read_metrics
 _log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['USAGE_KEY', 'FINAL_FILES', 'PANELS', 'NO_EMA_COUNT', 'block_sizes', 'MaskExplorer', 'read_code_usage',
+__all__ = ['USAGE_KEY', 'FINAL_FILES', 'PANELS', 'NO_EMA_COUNT', 'Dashboard', 'block_sizes', 'MaskExplorer', 'read_code_usage',
            'code_usage_stats', 'final_tokenizer', 'run_kind', 'UtilisationDashboard', 'CodebookGallery', 'embed_codes',
            'CodeMap']
 
@@ -95,6 +95,12 @@ def _vbox(children):
     "A VBox that leaves its pictures at their own size (a VBox stretches its children to its width by default)."
     return widgets.VBox(children, layout=widgets.Layout(align_items='flex-start'))
 
+class Dashboard:
+    "A plain class holding its ipywidgets tree in `self.widget` (data methods work without a browser); a notebook shows the widget."
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)
+
 def block_sizes(masks: torch.Tensor,  # bool [B, N], N = grid²
                 grid: int,            # patches per side
                ) -> np.ndarray:       # sizes of all connected masked regions, largest first
@@ -103,7 +109,7 @@ def block_sizes(masks: torch.Tensor,  # bool [B, N], N = grid²
     return np.sort(np.concatenate([np.zeros(0, int), *sizes]))[::-1]
 
 # %% ../nbs/51_dashboards.ipynb #ac2b3cc9
-class MaskExplorer:
+class MaskExplorer(Dashboard):
     "Masks of every `MaskGenerator` mode drawn over real images, with the realised ratio and block sizes."
     def __init__(self, data='embedded',   # image folder, dataset, or 'embedded' (bundled photos)
                  n_images: int = 4,       # images shown
@@ -132,10 +138,6 @@ class MaskExplorer:
         for c in (self.mode, self.count, self.min_block, self.aspect, self.grid, self.seed, self.ibot_range, self.p_masked):
             c.observe(self._on_change, 'value')
         self._update()
-
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
 
 # %% ../nbs/51_dashboards.ipynb #e29dc0c4
 @property
@@ -295,7 +297,7 @@ def _as_gallery(gallery) -> CodeGallery:
     if not isinstance(gallery, CodeGallery): raise TypeError(f'gallery must be a CodeGallery or a path to a saved one, got {type(gallery).__name__}')
     return gallery
 
-class UtilisationDashboard:
+class UtilisationDashboard(Dashboard):
     "Codebook health of a tokenizer's training run (VQ-KD, dVAE, iBOT), read from its files; refreshes while the run writes."
     def __init__(self, run_dir: str | os.PathLike,             # the run's `out_dir`
                  interval: float | None = None,                # seconds between automatic refreshes; None: only `refresh()`
@@ -317,10 +319,6 @@ class UtilisationDashboard:
         self.refresh_btn.on_click(lambda b: self.refresh())
         self.refresh()
         if interval is not None: self.start(interval)
-
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
 
 # %% ../nbs/51_dashboards.ipynb #56e6fbda
 def _stat(p: Path):
@@ -507,7 +505,7 @@ def _sheet(gallery, codes, n_per_code, scale, highlight: int | None = None) -> b
     return _pil_png(img)
 
 # %% ../nbs/51_dashboards.ipynb #e45d4eaa
-class CodebookGallery:
+class CodebookGallery(Dashboard):
     "Page through a `CodeGallery`: sort, page, select a code to see its usage, labels and nearest codes."
     def __init__(self, gallery,                      # a `CodeGallery` or the path of a saved one
                  per_page: int = 16,                 # codes per page
@@ -536,10 +534,6 @@ class CodebookGallery:
         self.code.observe(lambda c: self._on_code(), 'value')
         self.prev_btn.on_click(lambda b: self.turn(-1)); self.next_btn.on_click(lambda b: self.turn(1))
         self._on_order()
-
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
 
 # %% ../nbs/51_dashboards.ipynb #17791243
 def _gal_order(self: CodebookGallery) -> torch.Tensor:
@@ -653,7 +647,7 @@ def embed_codes(codebook: torch.Tensor,   # [K, C] code vectors
                      n_components=2).fit_transform(x).astype(np.float32)
 
 # %% ../nbs/51_dashboards.ipynb #60692a12
-class CodeMap:
+class CodeMap(Dashboard):
     "2-D map of the code vectors coloured by usage; the selected code's patches beside it."
     def __init__(self, gallery,                  # a `CodeGallery` or the path of a saved one
                  reducer: str = 'umap',          # 'umap' or 'pca'
@@ -670,10 +664,6 @@ class CodeMap:
         self.widget = _ctl(_vbox([self.code, widgets.HBox([self.view, _vbox([self.info, self.patches])])]), 'b2l-codemap')
         self.code.observe(lambda c: self._update(), 'value')
         self._update()
-
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
 
 # %% ../nbs/51_dashboards.ipynb #68ac1511
 def _coords(self: CodeMap) -> np.ndarray:

@@ -25,7 +25,7 @@ from timm.layers.attention import Attention as ViTAttention, maybe_add_mask, res
 from timm.models.beit import Attention as BeitAttention
 
 from .core import default, exists
-from .dashboards import _ctl, _png, _vbox
+from .dashboards import Dashboard, _ctl, _png, _vbox
 from .data import EmbeddedPhotos, EvalTransform, ImageFolder, Skipped, class_names
 from .gallery import NotApplicable, tokenizer_facts
 from .masking import MaskGenerator
@@ -204,7 +204,7 @@ def _upsample(mask: np.ndarray, hw: tuple) -> np.ndarray:
     return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(hw[::-1], Image.NEAREST)) > 0
 
 # %% ../nbs/52_inspect.ipynb #d22c9f9f
-class AttentionViewer:
+class AttentionViewer(Dashboard):
     "CLS attention of one to four ViTs over the same images: per head, the mean, DINO's mass mask; pick image, layer, head."
     def __init__(self, models: dict,                # name -> ViT backbone (BEiTv2, timm Beit / ViT, IBOTNet)
                  images,                            # `[B, 3, H, W]` in [0, 1], or an image folder / 'embedded'
@@ -229,10 +229,6 @@ class AttentionViewer:
         self.widget = _ctl(_vbox([widgets.HBox([self.image, self.layer, self.head]), self.info, self.view]), 'b2l-attn-viewer')
         for c in (self.image, self.layer, self.head): c.observe(lambda change: self._update(), 'value')
         self._update()
-
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
 
 # %% ../nbs/52_inspect.ipynb #0d448c5c
 def _attn_maps(self: AttentionViewer, image: int | None = None, layer: int | None = None, head: int | None = None) -> dict:
@@ -362,7 +358,7 @@ def decode_predictions(tokenizer,              # a dVAE (`dvae.DiscreteVAE`), or
                 predicted=tokenizer.decode(mixed.to(dev), grid=tuple(tokenizer.grid)).cpu())
 
 # %% ../nbs/52_inspect.ipynb #40539bdd
-class MIMPredictionViewer:
+class MIMPredictionViewer(Dashboard):
     "What a MIM model predicts at masked patches: the image and its mask, right / wrong per patch, a patch's top-k codes."
     def __init__(self, model: nn.Module,               # a `BEiTv2` MIM model with a code head
                  tokenizer,                            # the tokenizer it learned from (a dVAE also draws the predictions)
@@ -391,10 +387,6 @@ class MIMPredictionViewer:
         self.seed.observe(lambda c: self._on_seed(), 'value'); self.image.observe(lambda c: self._on_image(), 'value')
         self.patch.observe(lambda c: self._update(), 'value')
         self._on_seed()
-
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget)
 
 # %% ../nbs/52_inspect.ipynb #2529fbcc
 def _mp_masks(self: MIMPredictionViewer) -> torch.Tensor:

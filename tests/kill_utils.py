@@ -24,3 +24,34 @@ def kill_after_checkpoint(task: str,            # 'module:TaskClass', e.g. 'beit
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL); proc.wait()
     assert not (Path(out_dir)/product).exists(), 'the run finished before it was killed'
+
+
+def _load(path: str):
+    import importlib
+    module, name = path.split(':')
+    return getattr(importlib.import_module(module), name)
+
+
+def resume_matches_uninterrupted(task: str,            # 'module:TaskClass'
+                                 config: str,          # 'module:ConfigClass'
+                                 cfg: dict,            # the config's fields
+                                 root,                 # runs go to root/'full' and root/'cut'
+                                 step: int,            # the kill comes right after this step's checkpoint
+                                 products: tuple,      # files the finished run writes; compared tensor by tensor
+                                 killed_cfg: dict | None = None,  # the killed and resumed run's fields (default: cfg)
+                                ) -> tuple[Path, Path]:
+    "A run SIGKILLed after checkpoint `step` and resumed ends bit-identical to an uninterrupted one: its `products` and metrics."
+    import torch
+    from safetensors.torch import load_file
+    from beitv2_lab.train import read_metrics, run
+    Task, Config = _load(task), _load(config)
+    full, cut, killed = Path(root)/'full', Path(root)/'cut', killed_cfg or cfg
+    run(Task(), Config(**cfg), out_dir=str(full))
+    kill_after_checkpoint(task, config, killed, cut, step, products[0])
+    run(Task(), Config(**killed), out_dir=str(cut))
+    for f in products:
+        a, b = load_file(full/f), load_file(cut/f)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
+    strip = lambda rows: [{k: v for k, v in r.items() if k != 'img_per_s'} for r in rows]
+    assert strip(read_metrics(full)) == strip(read_metrics(cut))
+    return full, cut

@@ -9,7 +9,7 @@ from beitv2_lab.dvae import create_dvae, load_dvae
 from beitv2_lab.task_dvae import DVAEConfig, DVAETask
 from beitv2_lab.train import load_checkpoint, read_metrics, run
 from nb_utils import n_images, run_notebook
-from kill_utils import kill_after_checkpoint
+from kill_utils import resume_matches_uninterrupted
 
 TINY = dict(model='dvae_tiny', img_size=32, codebook_size=64, batch_size=4, warmup_steps=1, n_embedded=64, eval_images=8,
             num_workers=0, progress=False)
@@ -45,14 +45,8 @@ def test_ddp_two_processes_share_usage_and_weights(tmp_path):
 def test_resume_after_kill_matches_uninterrupted(tmp_path):
     "A run killed (SIGKILL) after its first checkpoint, mid-window, and resumed ends bit-identical to an uninterrupted run."
     cfg = dict(TINY, steps=12, temperature_steps=12, kl_warmup_steps=6, ckpt_every=4, log_every=3)
-    run(DVAETask(), DVAEConfig(**cfg), out_dir=str(tmp_path/'full'))
-    cut = tmp_path/'cut'
-    kill_after_checkpoint('beitv2_lab.task_dvae:DVAETask', 'beitv2_lab.task_dvae:DVAEConfig', cfg, cut, 4, 'dvae.safetensors')
-    run(DVAETask(), DVAEConfig(**cfg), out_dir=str(cut))
-    a, b = load_dvae(tmp_path/'full'/'dvae.safetensors').state_dict(), load_dvae(cut/'dvae.safetensors').state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != 'img_per_s'} for r in rows]
-    assert strip(read_metrics(tmp_path/'full')) == strip(read_metrics(cut))
+    resume_matches_uninterrupted('beitv2_lab.task_dvae:DVAETask', 'beitv2_lab.task_dvae:DVAEConfig', cfg, tmp_path, 4,
+                                 ('dvae.safetensors',))
 
 
 def test_bad_parameters_fail_before_compute(tmp_path):

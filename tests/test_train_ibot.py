@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from beitv2_lab.task_ibot import IBOTConfig, IBOTTask
 from beitv2_lab.train import read_metrics, run
 from nb_utils import n_images, run_notebook
-from kill_utils import kill_after_checkpoint
+from kill_utils import resume_matches_uninterrupted
 
 TINY = dict(global_size=32, local_size=16, n_local=2, out_dim=64, hidden_dim=64, bottleneck_dim=16, batch_size=4, warmup_steps=1,
             teacher_temp_warmup_steps=2, freeze_last_layer=1, n_embedded=64, num_workers=0, progress=False)
@@ -69,12 +69,9 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path):
     """A run killed (SIGKILL) after its first checkpoint and resumed ends bit-identical to an uninterrupted run. The
     killed run loads with 2 worker processes, the reference with none: crops and masks depend only on the item seeds."""
     cfg = dict(TINY, steps=10, ckpt_every=2, log_every=2, freeze_last_layer=3)
-    run(IBOTTask(), IBOTConfig(**cfg), out_dir=str(tmp_path/'full'))
-    cut, killed = tmp_path/'cut', dict(cfg, num_workers=2)
-    kill_after_checkpoint('beitv2_lab.task_ibot:IBOTTask', 'beitv2_lab.task_ibot:IBOTConfig', killed, cut, 2, 'tokenizer.safetensors')
-    run(IBOTTask(), IBOTConfig(**killed), out_dir=str(cut))
-    for f in ('ibot.safetensors', 'tokenizer.safetensors', 'backbone.safetensors'): assert same_files(tmp_path/'full'/f, cut/f), f
-    assert strip_speed(read_metrics(tmp_path/'full')) == strip_speed(read_metrics(cut))
+    resume_matches_uninterrupted('beitv2_lab.task_ibot:IBOTTask', 'beitv2_lab.task_ibot:IBOTConfig', cfg, tmp_path, 2,
+                                 ('tokenizer.safetensors', 'ibot.safetensors', 'backbone.safetensors'),
+                                 killed_cfg=dict(cfg, num_workers=2))
 
 
 def test_bad_parameters_fail_before_compute(tmp_path):

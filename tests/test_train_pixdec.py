@@ -4,16 +4,13 @@ compute."""
 import json
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
-from beitv2_lab import train
 from beitv2_lab.dvae import create_dvae
 from beitv2_lab.task_pixdec import PixDecConfig, PixDecTask, load_pixel_decoder
 from beitv2_lab.test_utils import tiny_run
 from beitv2_lab.train import read_metrics, run
 from nb_utils import n_images, run_notebook
-from kill_utils import kill_after_checkpoint
+from kill_utils import resume_matches_uninterrupted
 
 TINY = dict(width=4, batch_size=4, warmup_steps=1, n_embedded=32, eval_images=6, num_workers=0, progress=False)
 
@@ -42,16 +39,10 @@ def test_papermill_template(tokenizer, tmp_path):
 def test_resume_after_kill_matches_uninterrupted(tokenizer, tmp_path):
     "A run killed (SIGKILL) after its first checkpoint and resumed ends bit-identical to an uninterrupted run."
     cfg = dict(TINY, tokenizer=tokenizer, steps=24, ckpt_every=4, log_every=3)
-    run(PixDecTask(), PixDecConfig(**cfg), out_dir=str(tmp_path/'full'))
-    cut = tmp_path/'cut'
-    kill_after_checkpoint('beitv2_lab.task_pixdec:PixDecTask', 'beitv2_lab.task_pixdec:PixDecConfig', cfg, cut, 4, 'pixel_decoder.safetensors')
-    run(PixDecTask(), PixDecConfig(**cfg), out_dir=str(cut))
-    a, b = load_file(tmp_path/'full'/'pixel_decoder.safetensors'), load_file(cut/'pixel_decoder.safetensors')
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != 'img_per_s'} for r in rows]
-    assert strip(read_metrics(tmp_path/'full')) == strip(read_metrics(cut))
-    full, resumed = (json.loads((d/'summary.json').read_text()) for d in (tmp_path/'full', cut))
-    assert (full['eval_psnr'], full['eval_patch_mean_psnr']) == (resumed['eval_psnr'], resumed['eval_patch_mean_psnr'])
+    full, cut = resume_matches_uninterrupted('beitv2_lab.task_pixdec:PixDecTask', 'beitv2_lab.task_pixdec:PixDecConfig', cfg, tmp_path,
+                                             4, ('pixel_decoder.safetensors',))
+    s_full, s_cut = (json.loads((d/'summary.json').read_text()) for d in (full, cut))
+    assert (s_full["eval_psnr"], s_full["eval_patch_mean_psnr"]) == (s_cut["eval_psnr"], s_cut["eval_patch_mean_psnr"])
 
 
 def test_bad_parameters_fail_before_compute(tokenizer, tmp_path):

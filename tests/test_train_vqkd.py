@@ -1,13 +1,11 @@
 """End-to-end tests of VQ-KD training: the papermill template, 2-process DDP on gloo, and resume after a kill."""
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from beitv2_lab.task_vqkd import VQKDConfig, VQKDTask
 from beitv2_lab.train import load_checkpoint, read_metrics, run
 from nb_utils import n_images, run_notebook
-from kill_utils import kill_after_checkpoint
+from kill_utils import resume_matches_uninterrupted
 
 TINY = dict(teacher='hog', model='vqkd_tiny', img_size=32, teacher_size=32, codebook_size=64, code_dim=8, batch_size=8,
             warmup_steps=2, n_embedded=256, num_workers=0, progress=False)
@@ -40,14 +38,8 @@ def test_ddp_two_processes_keep_codebooks_identical(tmp_path):
 def test_resume_after_kill_matches_uninterrupted(tmp_path):
     "A run killed (SIGKILL) after its first checkpoint and resumed ends bit-identical to an uninterrupted run."
     cfg = dict(TINY, steps=16, ckpt_every=4, log_every=4, dead_code_threshold=0.05)
-    run(VQKDTask(), VQKDConfig(**cfg), out_dir=str(tmp_path/'full'))
-    cut = tmp_path/'cut'
-    kill_after_checkpoint('beitv2_lab.task_vqkd:VQKDTask', 'beitv2_lab.task_vqkd:VQKDConfig', cfg, cut, 4, 'tokenizer.safetensors')
-    run(VQKDTask(), VQKDConfig(**cfg), out_dir=str(cut))
-    a, b = load_file(tmp_path/'full'/'tokenizer.safetensors'), load_file(cut/'tokenizer.safetensors')
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    strip = lambda rows: [{k: v for k, v in r.items() if k != 'img_per_s'} for r in rows]
-    assert strip(read_metrics(tmp_path/'full')) == strip(read_metrics(cut))
+    resume_matches_uninterrupted('beitv2_lab.task_vqkd:VQKDTask', 'beitv2_lab.task_vqkd:VQKDConfig', cfg, tmp_path, 4,
+                                 ('tokenizer.safetensors',))
 
 
 def test_bad_parameters_fail_before_compute(tmp_path):
