@@ -47,6 +47,7 @@ class RunConfig:
     n_embedded: int = 4096               # samples per epoch when data_path 'embedded'
     split: str = 'all'                   # part of an image folder to use: 'all', or 'train' / 'holdout' of a deterministic hash split
     holdout: float = 0.1                 # fraction of the folder in the 'holdout' part
+    cache: str = ''                      # a decoded image cache of data_path (beitv2_lab.data.build_image_cache, its size at least the run's views): every task reads its pixels instead of decoding files ('': decode the files)
     shard_urls: str = ''                 # data_path a shard index (beitv2_lab.shards): its shards elsewhere, e.g. a pipe: command with a brace pattern ('': beside the index)
     steps: int = 260                     # optimizer steps
     batch_size: int = 32                 # images per step per process
@@ -107,6 +108,7 @@ def validate_common(cfg: RunConfig) -> RunConfig:
     if cfg.data_path != 'embedded':
         check(Path(cfg.data_path).is_dir() or (Path(cfg.data_path).name == 'index.json' and Path(cfg.data_path).is_file()),
               'data_path', f'folder (or shard index.json) not found: {cfg.data_path}')
+    if cfg.cache: _check_cache(cfg)
     if cfg.resume not in ('auto', 'never', ''):
         check(Path(cfg.resume).is_dir(), 'resume', f'checkpoint folder not found: {cfg.resume}')
     return cfg
@@ -183,7 +185,7 @@ def is_shard_index(path) -> bool:
     return (p.name == INDEX_NAME and p.is_file()) or (p/INDEX_NAME).is_file()
 
 def build_dataset(cfg: RunConfig, transform, size: int | None = None):
-    "The run's dataset: an image folder (its `split` part), tar shards (a `ShardStream`), or the embedded photos cropped at `size`."
+    "The run's dataset: an image folder or its decoded `cache` (its `split` part), tar shards (a `ShardStream`), or the embedded photos cropped at `size`."
     from beitv2_lab.data import EmbeddedPhotos, ImageFolder
     if cfg.data_path == 'embedded':
         return EmbeddedPhotos(n_samples=cfg.n_embedded, size=size or getattr(cfg, 'img_size', 224), transform=transform, seed=cfg.seed)
@@ -194,7 +196,7 @@ def build_dataset(cfg: RunConfig, transform, size: int | None = None):
         return ShardStream.from_index(cfg.data_path, urls=cfg.shard_urls or None, transform=transform, seed=cfg.seed,
                                       lanes=1)   # the lanes, rank and start of each rank: make_loader
     if cfg.shard_urls: raise ValueError(f'shard_urls: needs data_path to be a shard index, got {cfg.data_path!r}')
-    ds = ImageFolder(cfg.data_path, transform=transform)
+    ds = _open_cache(cfg, transform) if cfg.cache else ImageFolder(cfg.data_path, transform=transform)
     return ds if cfg.split == 'all' else ds.split(cfg.split, holdout=cfg.holdout)
 
 class Batches:
@@ -217,6 +219,27 @@ def to_device(batch: dict, device: torch.device) -> dict:
     "Every tensor of a batch (and of its lists, e.g. multi-crop views) on `device`."
     move = lambda v: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else [move(x) for x in v] if isinstance(v, list) else v
     return {k: move(v) for k, v in batch.items()}
+
+# %% ../nbs/31_train.ipynb #821b8b3f
+def _check_cache(cfg):
+    "Validate `cfg.cache`: a fresh decoded cache of `data_path`, as large as the views the config names (no sha256: see `_open_cache`)."
+    from beitv2_lab.data import check_image_cache
+    check(cfg.data_path != 'embedded' and not is_shard_index(cfg.data_path), 'cache',
+          f"a decoded cache holds an image folder, but data_path is {cfg.data_path!r}; set cache='' or data_path to the cached folder")
+    try: m = check_image_cache(cfg.cache, root=cfg.data_path, verify=False)
+    except (FileNotFoundError, ValueError) as e: raise ValueError(f'cache: {e}') from None
+    view = max(getattr(cfg, k, 0) for k in ('img_size', 'global_size'))
+    check(m['size'] >= view, 'cache', f"holds {m['size']} px squares, smaller than the run's {view} px views (they would be upsampled); "
+          f"build one at size >= {view}: build_image_cache({cfg.data_path!r}, {cfg.cache!r}, size={view})")
+
+def _open_cache(cfg, transform):
+    "The run's `CachedImageFolder` (its sha256 checked here, once per process); warns of the files its build skipped."
+    from beitv2_lab.data import CachedImageFolder
+    try: ds = CachedImageFolder(cfg.cache, transform=transform, root=cfg.data_path)
+    except (FileNotFoundError, ValueError) as e: raise ValueError(f'cache: {e}') from None
+    if (skipped := ds.manifest['skipped']) and is_main():
+        log.warning('cache %s leaves out %d unreadable image(s) of %s, first: %s', cfg.cache, len(skipped), cfg.data_path, next(iter(skipped)))
+    return ds
 
 # %% ../nbs/31_train.ipynb #211b0214
 def steps_per_epoch(ds,                    # the run's dataset (a map dataset, or a `ShardStream`: its items counted)
@@ -392,7 +415,7 @@ def read_metrics(out_dir) -> list[dict]:
     return rows
 
 # %% ../nbs/31_train.ipynb #d65eeb26
-DATA_KEYS = ('data_path', 'n_embedded', 'split', 'holdout', 'batch_size', 'seed')
+DATA_KEYS = ('data_path', 'cache', 'n_embedded', 'split', 'holdout', 'batch_size', 'seed')
 
 def resolve_resume(cfg) -> Path | None:
     "The checkpoint folder a run should resume from, per `cfg.resume`."
@@ -401,8 +424,8 @@ def resolve_resume(cfg) -> Path | None:
 
 def check_resume_config(state: dict, cfg, world_size: int = 1, keys=DATA_KEYS):
     "Refuse to resume (from a `load_checkpoint` state) with parameters that change the model or the data stream."
-    saved = state['config']
-    bad = [f'{k}: checkpoint {saved.get(k)!r} != now {getattr(cfg, k)!r}' for k in keys if saved.get(k) != getattr(cfg, k)]
+    saved = {k: state['config'].get(k, getattr(type(cfg), k, None)) for k in keys}   # a field added since: its default
+    bad = [f'{k}: checkpoint {saved[k]!r} != now {getattr(cfg, k)!r}' for k in keys if saved[k] != getattr(cfg, k)]
     if state.get('world_size', world_size) != world_size: bad.append(f"world size: checkpoint {state['world_size']} != now {world_size}")
     if bad: raise ValueError('cannot resume, the run parameters changed:\n  ' + '\n  '.join(bad))
 
