@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -221,7 +222,10 @@ class LabNotebook:
 
     # -- kernel state, read from the server (independent of how the UI shows it)
     def kernel_state(self) -> str:
-        ks = self.lab.kernels()
+        try: ks = self.lab.kernels()
+        except urllib.error.HTTPError as e:                    # jupyter_server lists a kernel it is still starting before
+            if e.code != 500: raise                            # that start sets its last_activity: a passing 500
+            return 'starting (GET /api/kernels: HTTP 500)'     # (jupyter-server/enterprise_gateway#1395)
         return ks[0]['execution_state'] if len(ks) == 1 else f'{len(ks)} kernels'
 
     def wait_kernel_idle(self, timeout: float = 60, settle: float = 0.6):
@@ -318,6 +322,23 @@ class LabNotebook:
         m = re.search(r'-?\d+', text)
         assert m, f'no integer shown by the control: {text!r}'
         return int(m.group())
+
+    @staticmethod
+    def _label(text: str) -> str: return text.replace('\xa0', ' ').strip()   # ipywidgets shows spaces as &nbsp;
+
+    def options(self, loc) -> list[str]:
+        "The option labels of an ipywidgets Dropdown (its <select>), in order, as its python `options` spell them."
+        return [self._label(t) for t in loc.locator('select').first.evaluate('s => Array.from(s.options, o => o.text)')]
+
+    def selected(self, loc) -> str:
+        "The label of a Dropdown's selected option ('' when none)."
+        return self._label(loc.locator('select').first.evaluate('s => s.selectedIndex < 0 ? "" : s.options[s.selectedIndex].text'))
+
+    def select_option(self, loc, label: str):
+        "Pick the option `label` of an ipywidgets Dropdown from its <select>, as a user would."
+        labels = self.options(loc)
+        assert label in labels, f'no option {label!r} in the dropdown: {labels}'
+        loc.locator('select').first.select_option(index=labels.index(label))
 
     def set_int(self, loc, value: int):
         "Type `value` into an IntText/BoundedIntText (or a slider's readout) and press Enter."

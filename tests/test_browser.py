@@ -10,43 +10,15 @@ browser is never downloaded. Without them the tests skip, unless `BEITV2_LAB_REQ
 they fail.
 """
 import contextlib
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from browser_utils import JupyterLab, LabNotebook, artifacts_dir, artifacts_root, launch_chromium, require_browser
-
-VIEWPORT = {'width': 1400, 'height': 1600}
+from browser_utils import LabNotebook, artifacts_dir
 
 
-@pytest.fixture(scope='module')
-def lab(tmp_path_factory):
-    "JupyterLab on a free loopback port, serving a temporary root; always stopped (process group and kernels)."
-    require_browser()
-    server = JupyterLab(tmp_path_factory.mktemp('lab_root'), tmp_path_factory.mktemp('lab_home'))
-    try: yield server.start()
-    finally:
-        server.stop()
-        shutil.copy(server.log, artifacts_root()/'jupyterlab.log')   # the server's log beside the screenshots
-
-
-@pytest.fixture(scope='module')
-def browser(lab):
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = launch_chromium(p)
-        try: yield b
-        finally: b.close()
-
-
-@pytest.fixture
-def page(browser):
-    "A fresh browser context (no cookies, no storage) per test."
-    ctx = browser.new_context(viewport=VIEWPORT)
-    try: yield ctx.new_page()
-    finally: ctx.close()
+# the `lab`, `browser` and `page` fixtures: tests/conftest.py (a server and a browser per test file)
 
 
 # ------------------------------------------------------------------------------------------ the dashboard notebook
