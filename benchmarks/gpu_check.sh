@@ -13,6 +13,8 @@
 #                           (default: .whl in the repo root if it holds any): packages a bare machine lacks
 #          --compile-backend B  torch.compile backend of the compiled configs (default inductor; smoke: eager)
 #          --logs DIR       part logs, status.tsv and table.md go here (default: $OUT if set, else a temp folder)
+#          --parts LIST     comma-separated parts to run (default: mim,vqkd,quantizer,ibot,loader); the others are
+#                           rows 'n/a (not run)' in the table (the exit status is the chosen parts')
 #
 # Parts, in this order, each a separate process tree under `timeout` (killed at its limit; the check goes on),
 # each printing `RESULT {json}` lines that benchmarks/gpu_table.py turns into the table. Every figure comes from
@@ -51,15 +53,15 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 2
 PY=${PYTHON:-python3}
-SMOKE=0 PEAK=989 BUDGET='' DATA='' WHEELS='' BACKEND='' LOGS=''
+SMOKE=0 PEAK=989 BUDGET='' DATA='' WHEELS='' BACKEND='' LOGS='' PARTS=mim,vqkd,quantizer,ibot,loader
 while [ $# -gt 0 ]; do
   case $1 in
     --smoke) SMOKE=1 ;;
-    --peak-tflops|--budget|--data|--wheels|--compile-backend|--logs)
+    --peak-tflops|--budget|--data|--wheels|--compile-backend|--logs|--parts)
       [ $# -ge 2 ] || { echo "gpu_check: $1 needs a value" >&2; exit 2; }
       case $1 in
         --peak-tflops) PEAK=$2 ;; --budget) BUDGET=$2 ;; --data) DATA=$2 ;; --wheels) WHEELS=$2 ;;
-        --compile-backend) BACKEND=$2 ;; --logs) LOGS=$2 ;;
+        --compile-backend) BACKEND=$2 ;; --logs) LOGS=$2 ;; --parts) PARTS=$2 ;;
       esac; shift ;;
     -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "gpu_check: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -71,6 +73,9 @@ done
 [[ $BUDGET =~ ^[0-9]+$ ]] || { echo "gpu_check: --budget must be whole seconds, got $BUDGET" >&2; exit 2; }
 [ -z "$BACKEND" ] && BACKEND=$([ $SMOKE = 1 ] && echo eager || echo inductor)
 case $BACKEND in inductor|aot_eager|eager) ;; *) echo "gpu_check: --compile-backend: inductor, aot_eager or eager" >&2; exit 2 ;; esac
+for p in ${PARTS//,/ }; do
+  case $p in mim|vqkd|quantizer|ibot|loader) ;; *) echo "gpu_check: --parts: unknown part $p (mim, vqkd, quantizer, ibot, loader)" >&2; exit 2 ;; esac
+done
 if [ -n "$DATA" ] && [ ! -d "$DATA" ]; then echo "gpu_check: --data: no folder $DATA" >&2; exit 2; fi
 
 TMP=$(mktemp -d /tmp/gpu_check.XXXXXX)
@@ -150,7 +155,10 @@ fi
 GEN=''
 [ $SYNTH = 1 ] && GEN="\"$PY\" benchmarks/_bench.py jpegs $(q "$DATA") $NJPEG && "
 # a GPU run measures one part at a time; --smoke (whose CPU figures mean nothing) runs them all at once
-part() { if [ $SMOKE = 1 ]; then run_part "$@" & else run_part "$@"; fi; }
+part() {
+  case ",$PARTS," in *",$1,"*) ;; *) return ;; esac          # not chosen: 'n/a (not run)' in the table
+  if [ $SMOKE = 1 ]; then run_part "$@" & else run_part "$@"; fi
+}
 part mim "${LIMITS[0]}" "\"$PY\" $MIM --compile-backend $BACKEND"
 part vqkd "${LIMITS[1]}" "\"$PY\" $VQKD --compile-backend $BACKEND"
 part quantizer "${LIMITS[2]}" "\"$PY\" $QUANT"

@@ -33,25 +33,32 @@ PEER_ROWS = ('lightly', 'vector-quantize-pytorch')  # their rows in the table
 
 @pytest.fixture(scope='module', params=['peers installed', 'peers missing'])
 def smoke(request, tmp_path_factory):
-    "The smoke check, as set up by the README, and again with every peer made unimportable (a machine without them)."
+    """The smoke check, as set up by the README, and again with every peer made unimportable (a machine without them):
+    then only the two parts that measure a peer run (`--parts quantizer,ibot`)."""
     logs, env = tmp_path_factory.mktemp('gpu_check'), dict(os.environ)
     if request.param == 'peers missing':
         shim = tmp_path_factory.mktemp('no_peers')
         for name in PEERS:                    # a package that shadows the installed one and fails to import, as a missing one does
             (shim/name).mkdir(); (shim/name/'__init__.py').write_text(f'raise ImportError("{name} hidden by the test")')
         env['PYTHONPATH'] = f"{shim}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    out = subprocess.run(['bash', str(REPO/'benchmarks'/'gpu_check.sh'), '--smoke', '--logs', str(logs)],
+    parts = ['--parts', 'quantizer,ibot'] if request.param == 'peers missing' else []   # the parts with a peer
+    out = subprocess.run(['bash', str(REPO/'benchmarks'/'gpu_check.sh'), '--smoke', '--logs', str(logs), *parts],
                          capture_output=True, text=True, timeout=420, cwd=REPO, env=env)
     return out, logs, request.param
 
 
 def test_smoke_table_has_a_figure_for_every_part(smoke):
+    "Every part that ran has a figure in every row (or says why a CPU cannot give one); the parts not chosen say 'not run'."
     out, logs, peers = smoke
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert (logs/'table.md').read_text().strip() in out.stdout
     parts = parse_table(out.stdout)
     assert list(parts) == list(PARTS)
+    ran = PARTS if peers == 'peers installed' else ('quantizer step', 'iBOT loss step')   # peers missing: --parts quantizer,ibot
     for part, rows in parts.items():
+        if part not in ran:
+            assert [r['result'] for r in rows] == ['n/a (not run)'], f'{part}: {rows}'
+            continue
         for row in rows:
             res, conf = row['result'], row['configuration']
             missing_peer = peers == 'peers missing' and conf in PEER_ROWS
@@ -60,10 +67,14 @@ def test_smoke_table_has_a_figure_for_every_part(smoke):
             allowed = conf.startswith('GPU:') or (missing_peer and 'not installed' in res)
             assert allowed and re.match(r'^n/a \(.+\)$', res), f'{part}: {row}'
     confs = lambda p: [r['configuration'] for r in parts[p]]
-    assert confs('MIM step') == ['fp32 eager', 'bf16 eager', 'bf16 + compile']
-    assert confs('VQ-KD step') == ['fp32 eager', 'bf16 eager', 'bf16 + compile', 'no grad, fp32']
     assert confs('quantizer step') == ['ours (beitv2_lab)', 'vector-quantize-pytorch']
     assert confs('iBOT loss step') == ['ours (beitv2_lab.ibot)', 'lightly']
+    assert 'quantizer ok' in out.stdout and 'ibot ok' in out.stdout
+    if peers == 'peers missing':
+        assert 'parts: mim not run' in out.stdout and 'loader not run' in out.stdout
+        return
+    assert confs('MIM step') == ['fp32 eager', 'bf16 eager', 'bf16 + compile']
+    assert confs('VQ-KD step') == ['fp32 eager', 'bf16 eager', 'bf16 + compile', 'no grad, fp32']
     assert any(c.startswith('ImageFolder + TwoViewTransform loader') for c in confs('loader'))
     assert any(c.startswith('cpu batched tensors: read files + decode_jpeg') for c in confs('loader'))
     for p in ('MIM step', 'VQ-KD step'):                     # compiled configs: their first step is the compile,
@@ -71,6 +82,12 @@ def test_smoke_table_has_a_figure_for_every_part(smoke):
             tail = r'; (pays back after \d+ steps|no faster than eager: never pays back)' if 'compile' in r['configuration'] else ''
             assert re.match(rf'^first step \d+\.\d s{tail}$', r['notes']), r
     assert 'parts: mim ok' in out.stdout and 'loader ok' in out.stdout
+
+
+def test_unknown_part_is_refused():
+    out = subprocess.run(['bash', str(REPO/'benchmarks'/'gpu_check.sh'), '--smoke', '--parts', 'mim,warp'],
+                         capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert out.returncode == 2 and 'unknown part warp' in out.stderr
 
 
 @pytest.mark.parametrize('name,flags', [
