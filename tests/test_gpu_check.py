@@ -110,6 +110,7 @@ def test_worker_gets_every_flag(name, flags):
     assert {k for k in vars(a) if vars(a)[k] != vars(b)[k]} <= parent_only
 
 
+@pytest.mark.parametrize('smoke', ['peers installed'], indirect=True)   # it needs the mim and vqkd logs of a full smoke
 def test_table_names_what_did_not_run(smoke, tmp_path):
     "A part killed mid-way keeps the configurations it measured; a failed part shows its error; a skipped one says so."
     from gpu_table import table
