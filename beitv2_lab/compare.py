@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -21,9 +22,11 @@ from .core import atomic_path
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'METHODS', 'IBOT_OF', 'RESULT_NEUTRAL', 'CompareConfig', 'method_list', 'run_configs', 'ibot_fields',
-           'run_method', 'backbone', 'tokenizer_of', 'token_health', 'restarts_per_step', 'compare', 'write_results',
-           'plot_results', 'plot_training', 'plot_token_health']
+__all__ = ['log', 'METHODS', 'IBOT_OF', 'RESULT_NEUTRAL', 'CompareConfig', 'method_list', 'seed_list', 'check_compare',
+           'seed_dir', 'run_configs', 'ibot_fields', 'run_method', 'backbone', 'tokenizer_of', 'token_health',
+           'restarts_per_step', 'seed_interval', 'bootstrap_interval', 'compare_pair', 'Comparison', 'compare',
+           'summarise', 'summary_markdown', 'write_results', 'plot_results', 'plot_knn_curves', 'plot_training',
+           'plot_token_health']
 
 # %% ../nbs/60_compare.ipynb #bed3aa5a
 METHODS = ('random', 'pixels', 'hog', 'teacher', 'dvae', 'vqkd', 'ibot')
@@ -50,8 +53,10 @@ class CompareConfig:
     pools: str = 'cls,mean'              # feature poolings probed
     finetune_epochs: int = 0             # > 0: also fine-tune every backbone (layer-wise lr decay)
     num_workers: int = 2                 # DataLoader workers
-    seed: int = 0                        # one seed for every run
-    out_dir: str = 'runs/compare'        # one folder per method and stage; results.json / results.csv
+    seeds: str = '0'                     # comma-separated seeds: every method pretrains and is evaluated once per seed
+    level: float = 0.95                  # confidence level of the intervals (over seeds; over held-out images by bootstrap)
+    n_boot: int = 2000                   # bootstrap resamples of the held-out images
+    out_dir: str = 'runs/compare'        # runs in seed<s>/<method>; results (per method and seed), summary (per method), pairs
 
 def method_list(cfg: CompareConfig) -> list[str]:
     "The methods of `cfg`, checked."
@@ -60,17 +65,34 @@ def method_list(cfg: CompareConfig) -> list[str]:
     if bad or not ms: raise ValueError(f'methods: unknown {bad} (choose from {METHODS})' if bad else 'methods: none given')
     return ms
 
+def seed_list(cfg: CompareConfig) -> list[int]:
+    "The seeds of `cfg`, checked: integers, none repeated, at least one."
+    try: seeds = [int(x) for x in cfg.seeds.split(',') if x.strip()]
+    except ValueError: raise ValueError(f"seeds: comma-separated integers such as '0,1,2', got {cfg.seeds!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds): raise ValueError(f'seeds: at least one, none repeated; got {cfg.seeds!r}')
+    return seeds
+
+def check_compare(cfg: CompareConfig) -> tuple[list[str], list[int]]:
+    "The methods and seeds of `cfg`, every comparison-level field checked before any compute."
+    if not 0 < cfg.level < 1: raise ValueError(f'level: a confidence level in (0, 1) such as 0.95, got {cfg.level}')
+    if cfg.n_boot < 100: raise ValueError(f'n_boot: at least 100 bootstrap resamples (2000 is the default), got {cfg.n_boot}')
+    return method_list(cfg), seed_list(cfg)
+
 # %% ../nbs/60_compare.ipynb #574abb52
-def _shared(cfg: CompareConfig, out: Path, **kw) -> dict:
+def seed_dir(cfg: CompareConfig, seed: int) -> Path:
+    "The folder of one seed's runs."
+    return Path(cfg.out_dir)/f'seed{seed}'
+
+def _shared(cfg: CompareConfig, out: Path, seed: int, **kw) -> dict:
     data = dict(data_path=cfg.data_path, split='all' if cfg.data_path == 'embedded' or cfg.val_path else 'train',
-                holdout=cfg.holdout, n_embedded=cfg.n_embedded, num_workers=cfg.num_workers, seed=cfg.seed, progress=False)
+                holdout=cfg.holdout, n_embedded=cfg.n_embedded, num_workers=cfg.num_workers, seed=seed, progress=False)
     return dict(data, out_dir=str(out), **kw)
 
-def run_configs(cfg: CompareConfig, method: str) -> list[tuple[str, object, object]]:
-    "`(stage, task, config)` of each harness run a method needs, in order."
+def run_configs(cfg: CompareConfig, method: str, seed: int) -> list[tuple[str, object, object]]:
+    "`(stage, task, config)` of each harness run a method needs with one seed, in order."
     from beitv2_lab.task_mim import MIMConfig, MIMTask
-    out = Path(cfg.out_dir)
-    mim = lambda **kw: MIMConfig(**_shared(cfg, out/method, model=cfg.model, img_size=cfg.img_size, steps=cfg.steps,
+    out = seed_dir(cfg, seed)
+    mim = lambda **kw: MIMConfig(**_shared(cfg, out/method, seed, model=cfg.model, img_size=cfg.img_size, steps=cfg.steps,
                                           batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=max(1, cfg.steps // 10),
                                           ckpt_every=cfg.steps, patch_aggregation=cfg.patch_aggregation,
                                           mask_mode=cfg.mask_mode, **kw))
@@ -81,17 +103,17 @@ def run_configs(cfg: CompareConfig, method: str) -> list[tuple[str, object, obje
                  ckpt_every=cfg.tokenizer_steps)
     if method == 'vqkd':
         from beitv2_lab.task_vqkd import VQKDConfig, VQKDTask
-        tok = VQKDConfig(**_shared(cfg, out/'vqkd_tokenizer', teacher=cfg.teacher, img_size=cfg.img_size, teacher_size=cfg.img_size,
+        tok = VQKDConfig(**_shared(cfg, out/'vqkd_tokenizer', seed, teacher=cfg.teacher, img_size=cfg.img_size, teacher_size=cfg.img_size,
                                    codebook_size=cfg.codebook_size, **stage))
         return [('tokenizer', VQKDTask(), tok), ('mim', MIMTask(), mim(tokenizer=str(out/'vqkd_tokenizer'/'tokenizer.safetensors')))]
     if method == 'dvae':
         from beitv2_lab.task_dvae import DVAEConfig, DVAETask
-        tok = DVAEConfig(**_shared(cfg, out/'dvae_tokenizer', img_size=cfg.img_size // 2, codebook_size=cfg.codebook_size,
+        tok = DVAEConfig(**_shared(cfg, out/'dvae_tokenizer', seed, img_size=cfg.img_size // 2, codebook_size=cfg.codebook_size,
                                    temperature_steps=cfg.tokenizer_steps, kl_warmup_steps=max(1, cfg.tokenizer_steps // 2),
                                    eval_images=cfg.max_items or 1_000_000, **stage))   # PSNR on the held-out part
         return [('tokenizer', DVAETask(), tok), ('mim', MIMTask(), mim(tokenizer=str(out/'dvae_tokenizer'/'dvae.safetensors')))]
     from beitv2_lab.task_ibot import IBOTConfig, IBOTTask
-    return [('ibot', IBOTTask(), IBOTConfig(**_shared(cfg, out/method, **ibot_fields(cfg))))]
+    return [('ibot', IBOTTask(), IBOTConfig(**_shared(cfg, out/method, seed, **ibot_fields(cfg))))]
 
 IBOT_OF = {'beitv2_tiny_patch16_224': 'ibot_vit_tiny_d6_patch16_224', 'beitv2_small_patch16_224': 'ibot_vit_small_patch16_224',
            'beitv2_base_patch16_224': 'ibot_vit_base_patch16_224', 'beitv2_large_patch16_224': 'ibot_vit_large_patch16_224'}
@@ -110,19 +132,19 @@ def _changed(saved: dict, rcfg) -> list[str]:
     now = asdict(rcfg)
     return [f'{k}: finished run {saved.get(k)!r} != now {now[k]!r}' for k in now if k not in RESULT_NEUTRAL and saved.get(k) != now[k]]
 
-def run_method(cfg: CompareConfig, method: str) -> dict:
-    """Pretrain one method; its runs' summaries and wall times by stage. A run already finished in its folder with the
+def run_method(cfg: CompareConfig, method: str, seed: int) -> dict:
+    """Pretrain one method with one seed; its runs' summaries and wall times by stage. A run already finished in its folder with the
     same parameters is skipped; one finished with other parameters is an error naming them (never silently reused)."""
     from beitv2_lab.train import run
     out = {}
-    for stage, task, rcfg in run_configs(cfg, method):
+    for stage, task, rcfg in run_configs(cfg, method, seed):
         d = Path(rcfg.out_dir)
         if (d/'summary.json').exists() and (d/'timing.json').exists():
             timing = json.loads((d/'timing.json').read_text())
             if bad := _changed(timing.pop('config', {}), rcfg):
-                raise ValueError(f'{method} {stage}: {d} holds a finished run with other parameters (delete it or choose '
+                raise ValueError(f'{method} {stage} (seed {seed}): {d} holds a finished run with other parameters (delete it or choose '
                                  f'another out_dir):\n  ' + '\n  '.join(bad))
-            log.info('%s %s: finished, skipped (%s)', method, stage, d)
+            log.info('%s %s, seed %d: finished, skipped (%s)', method, stage, seed, d)
             out[stage] = dict(json.loads((d/'summary.json').read_text()), **timing, skipped_run=True)
             continue
         t0 = time.perf_counter()
@@ -134,23 +156,23 @@ def run_method(cfg: CompareConfig, method: str) -> dict:
     return out
 
 # %% ../nbs/60_compare.ipynb #b32a9904
-def backbone(cfg: CompareConfig, method: str):
-    "The pretrained backbone of `method` (after `run_method`), or the random-init one."
+def backbone(cfg: CompareConfig, method: str, seed: int):
+    "The pretrained backbone of `method` with `seed` (after `run_method`), or the random-init one."
     from beitv2_lab.mim import create_mim
     from beitv2_lab.task_mim import load_mim
-    out = Path(cfg.out_dir)
+    out = seed_dir(cfg, seed)
     if method == 'random':
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(seed)
         return create_mim(cfg.model, img_size=cfg.img_size, head_dim=0, patch_aggregation=False)
     if method == 'ibot':                                  # the teacher's backbone, through its strict timm export
         from beitv2_lab.mim import create_timm
         return create_timm(out/'ibot'/'backbone.safetensors')
     return load_mim(out/method/'mim.safetensors')
 
-def tokenizer_of(cfg: CompareConfig, method: str):
-    "The frozen tokenizer a token method's MIM learned from (or iBOT's online one), else None."
+def tokenizer_of(cfg: CompareConfig, method: str, seed: int):
+    "The frozen tokenizer a token method's MIM learned from with `seed` (or iBOT's online one), else None."
     from beitv2_lab.tokenizer import load_any_tokenizer
-    out = Path(cfg.out_dir)
+    out = seed_dir(cfg, seed)
     path = dict(vqkd=out/'vqkd_tokenizer'/'tokenizer.safetensors', dvae=out/'dvae_tokenizer'/'dvae.safetensors',
                 ibot=out/'ibot'/'tokenizer.safetensors').get(method)
     return load_any_tokenizer(path) if path is not None else None
@@ -177,64 +199,170 @@ def restarts_per_step(run_dir) -> float | None:
     if len(rows) < 2: return None
     return (rows[-1]['restarts'] - rows[-2]['restarts']) / (rows[-1]['step'] - rows[-2]['step'])
 
+# %% ../nbs/60_compare.ipynb #c2c3caa7
+def seed_interval(values,            # one accuracy per seed
+                  level: float = 0.95,
+                 ) -> tuple[float, float]:
+    "The mean of `values` and the half-width of its Student-t interval at `level` (nan for a single value)."
+    from scipy.stats import t
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if v.numel() == 0: raise ValueError('seed_interval: no values')
+    if v.numel() == 1: return v.item(), float('nan')
+    return v.mean().item(), float(t.ppf((1 + level) / 2, v.numel() - 1)) * v.std().item() / v.numel() ** .5
+
+def bootstrap_interval(scores,        # per held-out image: [images] or [seeds, images] (hits 0/1, or differences of hits)
+                       level: float = 0.95,
+                       n_boot: int = 2000,     # resamples
+                       seed: int = 0,          # the resampling generator: the same images resampled for every caller
+                       chunk: int = 200,       # resamples per block (memory: chunk x images indices)
+                      ) -> tuple[float, float]:
+    "Percentile bootstrap interval (in points: 100 x) of the mean of `scores` over seeds and images, resampling images."
+    s = torch.as_tensor(scores).double()
+    per_image = s.reshape(-1, s.shape[-1]).mean(0)                         # mean over seeds: one value per image
+    if per_image.numel() == 0: raise ValueError('bootstrap_interval: no images')
+    g, means = torch.Generator().manual_seed(seed), []
+    for i in range(0, n_boot, chunk):
+        idx = torch.randint(len(per_image), (min(chunk, n_boot - i), len(per_image)), generator=g)
+        means.append(per_image[idx].mean(1))
+    lo, hi = (100 * torch.cat(means)).quantile(torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)).tolist()
+    return lo, hi
+
+def compare_pair(a, b,                # bool [seeds, images] each: method a's and b's hits, seeds and images in the same order
+                 level: float = 0.95, n_boot: int = 2000) -> dict:
+    """a minus b in points: the mean difference, its interval over seeds (paired by seed) and over images (paired
+    bootstrap); `winner` is 'a' or 'b' when both intervals exclude 0 on that side, '' when they do not, None with one seed."""
+    a, b = torch.as_tensor(a).double(), torch.as_tensor(b).double()
+    if a.ndim == 1: a, b = a[None], b[None]
+    if a.shape != b.shape: raise ValueError(f'compare_pair: hits of shape {tuple(a.shape)} vs {tuple(b.shape)}; the same seeds and images are needed')
+    diff, half = seed_interval(100 * (a.mean(1) - b.mean(1)), level)
+    lo, hi = bootstrap_interval(a - b, level, n_boot)
+    winner = None if half != half else 'a' if diff - half > 0 and lo > 0 else 'b' if diff + half < 0 and hi < 0 else ''
+    return dict(diff=diff, seed_pm=half, img_lo=lo, img_hi=hi, winner=winner)
+
 # %% ../nbs/60_compare.ipynb #b9dee76e
-def compare(cfg: CompareConfig) -> list[dict]:
-    "Run, evaluate and tabulate every method of `cfg`; the rows (also written to `out_dir/results.{json,csv}`)."
+class Comparison(NamedTuple):
+    "What `compare` returns (and writes to `out_dir`)."
+    rows: list[dict]      # one per method and seed: probes, pretraining wall time and img/s, token health
+    summary: list[dict]   # one per method: each probe's mean over seeds, `_seed_pm`, `_img_lo` / `_img_hi`, `_beats_random`
+    pairs: list[dict]     # one per pair of methods and probe: `compare_pair` of the two
+
+def compare(cfg: CompareConfig) -> Comparison:
+    "Run, evaluate and tabulate every method of `cfg` for every seed; also written to `out_dir`."
     from beitv2_lab.evaluate import compare_backbones, eval_datasets, finetune_backbones, finetune_transforms
-    methods, out = method_list(cfg), Path(cfg.out_dir)
-    runs = {m: run_method(cfg, m) for m in methods}
-    train_ds, test_ds = eval_datasets(cfg.data_path, cfg.img_size, cfg.holdout, cfg.n_embedded, cfg.max_items, cfg.seed, val_path=cfg.val_path)
-    nets = {m: backbone(cfg, m) for m in methods}
-    probes = compare_backbones(nets, train_ds, test_ds, pools=tuple(cfg.pools.split(',')), num_workers=cfg.num_workers)
-    ft = {}
-    if cfg.finetune_epochs:
-        ft_tr, ft_te = eval_datasets(cfg.data_path, cfg.img_size, cfg.holdout, cfg.n_embedded, cfg.max_items, cfg.seed,
-                                     transforms=finetune_transforms(cfg.img_size), val_path=cfg.val_path)
-        base = ft_tr.dataset if hasattr(ft_tr, 'dataset') else ft_tr
-        ft = {r['model']: r for r in finetune_backbones(nets, ft_tr, ft_te, num_classes=len(base.classes), epochs=cfg.finetune_epochs, seed=cfg.seed)}
-    rows = []
+    (methods, seeds), out = check_compare(cfg), Path(cfg.out_dir)
+    runs = {(m, s): run_method(cfg, m, s) for s in seeds for m in methods}
+    # the same held-out images for every seed (a folder's hash split; the embedded crops of the first seed)
+    train_ds, test_ds = eval_datasets(cfg.data_path, cfg.img_size, cfg.holdout, cfg.n_embedded, cfg.max_items, seeds[0], val_path=cfg.val_path)
+    rows, hits = [], {}                                   # hits: (method, probe) -> per seed, bool [held-out images]
+    for s in seeds:
+        nets = {m: backbone(cfg, m, s) for m in methods}
+        probes = compare_backbones(nets, train_ds, test_ds, pools=tuple(cfg.pools.split(',')), num_workers=cfg.num_workers, per_image=True)
+        ft = {}
+        if cfg.finetune_epochs:
+            ft_tr, ft_te = eval_datasets(cfg.data_path, cfg.img_size, cfg.holdout, cfg.n_embedded, cfg.max_items, seeds[0],
+                                         transforms=finetune_transforms(cfg.img_size), val_path=cfg.val_path)
+            base = ft_tr.dataset if hasattr(ft_tr, 'dataset') else ft_tr
+            ft = {r['model']: r for r in finetune_backbones(nets, ft_tr, ft_te, num_classes=len(base.classes), epochs=cfg.finetune_epochs, seed=s)}
+        for m in methods:
+            stages = runs[m, s]
+            pre = stages.get('mim') or stages.get('ibot') or {}
+            row = dict(method=m, seed=s, target=_target_name(cfg, m),
+                       pretrain_img_per_s=pre.get('train_img_per_s', float('nan')), pretrain_wall_s=pre.get('wall_s', 0.),
+                       target_stage_wall_s=stages.get('tokenizer', {}).get('wall_s', 0.))
+            for r in (r for r in probes if r['model'] == m):
+                row.update({f"knn_{r['pool']}": r['knn_top1'], f"linear_{r['pool']}": r['linear_top1'],
+                            f"lr_{r['pool']}": r['best_lr'], f"lr_inside_{r['pool']}": r['lr_inside']})
+                for kind in ('knn', 'linear'): hits.setdefault((m, f"{kind}_{r['pool']}"), []).append(r[f'{kind}_correct'])
+            if m in ft: row['finetune_top1'] = ft[m]['finetune_top1']
+            tok = tokenizer_of(cfg, m, s)
+            if tok is not None: row.update(token_health(tok, test_ds, num_workers=cfg.num_workers))
+            if m == 'vqkd': row['restarts_per_step'] = restarts_per_step(seed_dir(cfg, s)/'vqkd_tokenizer')
+            if m == 'dvae': row['heldout_psnr'] = stages['tokenizer'].get('eval_psnr')
+            rows.append(row)
+    rows.sort(key=lambda r: (methods.index(r['method']), seeds.index(r['seed'])))
+    summary, pairs = summarise(hits, methods, cfg.level, cfg.n_boot)
+    write_results(rows, out); write_results(summary, out, 'summary')
+    with atomic_path(out/'pairs.json') as tmp: tmp.write_text(json.dumps(pairs, indent=1))
+    return Comparison(rows, summary, pairs)
+
+def summarise(hits: dict,             # (method, probe) -> list over seeds of bool [held-out images]
+              methods: list[str], level: float = 0.95, n_boot: int = 2000) -> tuple[list[dict], list[dict]]:
+    "One summary row per method (each probe's mean, intervals, and whether it beats random init) and every pair per probe."
+    probes = list(dict.fromkeys(p for _, p in hits))
+    stacked = {k: torch.stack(v) for k, v in hits.items()}
+    summary = []
     for m in methods:
-        stages = runs[m]
-        pre = stages.get('mim') or stages.get('ibot') or {}
-        row = dict(method=m, target=_target_name(cfg, m),
-                   pretrain_img_per_s=pre.get('train_img_per_s', float('nan')), pretrain_wall_s=pre.get('wall_s', 0.),
-                   target_stage_wall_s=stages.get('tokenizer', {}).get('wall_s', 0.))
-        for r in (r for r in probes if r['model'] == m):
-            row.update({f"knn_{r['pool']}": r['knn_top1'], f"linear_{r['pool']}": r['linear_top1'],
-                        f"lr_{r['pool']}": r['best_lr'], f"lr_inside_{r['pool']}": r['lr_inside']})
-        if m in ft: row['finetune_top1'] = ft[m]['finetune_top1']
-        tok = tokenizer_of(cfg, m)
-        if tok is not None: row.update(token_health(tok, test_ds, num_workers=cfg.num_workers))
-        if m == 'vqkd': row['restarts_per_step'] = restarts_per_step(out/'vqkd_tokenizer')
-        if m == 'dvae': row['heldout_psnr'] = stages['tokenizer'].get('eval_psnr')
-        rows.append(row)
-    write_results(rows, out)
-    return rows
+        row = dict(method=m, seeds=len(stacked[m, probes[0]]))
+        for p in probes:
+            mean, half = seed_interval(100 * stacked[m, p].double().mean(1), level)
+            lo, hi = bootstrap_interval(stacked[m, p], level, n_boot)
+            row.update({p: mean, f'{p}_seed_pm': half, f'{p}_img_lo': lo, f'{p}_img_hi': hi})
+            if m != 'random' and 'random' in methods:
+                row[f'{p}_beats_random'] = {'a': True, '': False, 'b': False, None: None}[compare_pair(stacked[m, p], stacked['random', p], level, n_boot)['winner']]
+        summary.append(row)
+    pairs = [dict(a=a, b=b, probe=p, **compare_pair(stacked[a, p], stacked[b, p], level, n_boot))
+             for p in probes for i, a in enumerate(methods) for b in methods[i + 1:]]
+    return summary, pairs
+
+def summary_markdown(summary: list[dict], probes=None, level: float = 0.95) -> str:
+    "The summary as a markdown table: per probe 'mean ± seed interval [image interval]', and a ✓ where it beats random init."
+    probes = probes or [k for k in summary[0] if k.startswith(('knn_', 'linear_')) and '_' not in k.split('_', 1)[1]]
+    fmt = lambda r, p: (f"{r[p]:.1f}" + (f" ± {r[f'{p}_seed_pm']:.1f}" if r[f'{p}_seed_pm'] == r[f'{p}_seed_pm'] else '')
+                        + f" [{r[f'{p}_img_lo']:.1f}, {r[f'{p}_img_hi']:.1f}]" + (' ✓' if r.get(f'{p}_beats_random') else ''))
+    head = f'| method | seeds | ' + ' | '.join(probes) + ' |'
+    return '\n'.join([head, '|' + '---|' * (len(probes) + 2)] + [f"| {r['method']} | {r['seeds']} | " + ' | '.join(fmt(r, p) for p in probes) + ' |' for r in summary])
 
 def _target_name(cfg: CompareConfig, m: str) -> str:
     return dict(random='none (random init)', pixels='normalised pixels (MSE)', hog='HOG (MSE)', teacher=f'{cfg.teacher} features (cosine)',
                 dvae=f'dVAE tokens, K={cfg.codebook_size} (CE)', vqkd=f'VQ-KD tokens of {cfg.teacher}, K={cfg.codebook_size} (CE)',
                 ibot=f'online tokenizer (EMA teacher), K={cfg.codebook_size}')[m]
 
-def write_results(rows: list[dict], out_dir) -> tuple[Path, Path]:
-    "`results.json` and `results.csv` (all rows, union of their keys), written atomically."
+def write_results(rows: list[dict], out_dir, name: str = 'results') -> tuple[Path, Path]:
+    "`<name>.json` and `<name>.csv` (all rows, union of their keys), written atomically."
     out = Path(out_dir)
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    with atomic_path(out/'results.json') as tmp: tmp.write_text(json.dumps(rows, indent=1))
-    with atomic_path(out/'results.csv') as tmp:
+    with atomic_path(out/f'{name}.json') as tmp: tmp.write_text(json.dumps(rows, indent=1))
+    with atomic_path(out/f'{name}.csv') as tmp:
         with open(tmp, 'w', newline='') as f:
             w = csv.DictWriter(f, keys); w.writeheader(); w.writerows(rows)
-    return out/'results.json', out/'results.csv'
+    return out/f'{name}.json', out/f'{name}.csv'
 
 # %% ../nbs/60_compare.ipynb #6eaaddc8
-def plot_results(rows: list[dict], pool: str = 'cls'):
-    "Bars of linear and k-NN top-1 per method for one pooling; returns the figure."
+def plot_results(summary: list[dict], pool: str = 'cls'):
+    """Linear and k-NN top-1 per method for one pooling (the summary's mean over seeds): a thick bar for the interval
+    over seeds, a thin one for the bootstrap interval over held-out images; returns the figure."""
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1))
-    names = [r['method'] for r in rows]
-    ax.barh(names, [r.get(f'linear_{pool}', float('nan')) for r in rows], label=f'linear ({pool})')
-    ax.barh(names, [r.get(f'knn_{pool}', float('nan')) for r in rows], height=0.4, label=f'k-NN ({pool})')
-    ax.set_xlabel('top-1 (%)'); ax.invert_yaxis(); ax.legend(loc='lower right'); fig.tight_layout()
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(summary) + 1.2))
+    y = torch.arange(len(summary)).float()
+    for dy, kind, colour in ((-0.17, 'linear', 'C0'), (0.17, 'knn', 'C1')):
+        p = f'{kind}_{pool}'
+        if p not in summary[0]: continue
+        mean = [r[p] for r in summary]
+        ax.errorbar(mean, y + dy, xerr=[[r[p] - r[f'{p}_img_lo'] for r in summary], [r[f'{p}_img_hi'] - r[p] for r in summary]],
+                    fmt='none', ecolor=colour, elinewidth=1, capsize=2)
+        pm = [r[f'{p}_seed_pm'] if r[f'{p}_seed_pm'] == r[f'{p}_seed_pm'] else 0. for r in summary]
+        ax.errorbar(mean, y + dy, xerr=pm, fmt='o', color=colour, elinewidth=4, alpha=.8, label=f"{'k-NN' if kind == 'knn' else kind} ({pool})")
+    ax.set_yticks(y.tolist(), [r['method'] for r in summary]); ax.invert_yaxis()
+    ax.set_xlabel(f"top-1 (%): thick over {summary[0]['seeds']} seed(s), thin over held-out images"); ax.grid(axis='x', alpha=.3)
+    ax.legend(loc='best', fontsize=8); fig.tight_layout()
+    return fig
+
+def plot_knn_curves(cfg: CompareConfig):
+    "The online k-NN top-1 (`knn_top1` in each run's metrics) of every pretraining method against its step, one axis; returns the figure."
+    import matplotlib.pyplot as plt
+    from beitv2_lab.train import read_metrics
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for m in (m for m in method_list(cfg) if m != 'random'):
+        curves = [{r['step']: r['knn_top1'] for r in read_metrics(seed_dir(cfg, s)/m) if 'knn_top1' in r}
+                  for s in seed_list(cfg) if (seed_dir(cfg, s)/m/'metrics.jsonl').exists()]
+        steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+        if not steps: continue
+        vals = torch.tensor([[c[t] for t in steps] for c in curves])
+        line, = ax.plot(steps, vals.mean(0).tolist(), marker='o', ms=3, label=m)
+        if len(curves) > 1: ax.fill_between(steps, vals.min(0).values.tolist(), vals.max(0).values.tolist(), color=line.get_color(), alpha=.2)
+    ax.set_xlabel('step'); ax.set_ylabel('online k-NN top-1 (%)'); ax.grid(alpha=.3)
+    if ax.lines: ax.legend(fontsize=8)
+    fig.tight_layout()
     return fig
 
 def plot_training(cfg: CompareConfig, key: str = 'loss'):
@@ -244,16 +372,17 @@ def plot_training(cfg: CompareConfig, key: str = 'loss'):
     ms = [m for m in method_list(cfg) if m != 'random']
     fig, axs = plt.subplots(1, max(1, len(ms)), figsize=(2.6 * max(1, len(ms)), 2.3), squeeze=False)
     for ax, m in zip(axs[0], ms):
-        rows = [r for r in read_metrics(Path(cfg.out_dir)/m) if key in r]
-        if rows: ax.plot([r['step'] for r in rows], [r[key] for r in rows])
+        for s in seed_list(cfg):
+            rows = [r for r in read_metrics(seed_dir(cfg, s)/m) if key in r] if (seed_dir(cfg, s)/m/'metrics.jsonl').exists() else []
+            if rows: ax.plot([r['step'] for r in rows], [r[key] for r in rows], lw=1, label=f'seed {s}')
         ax.set_title(m, fontsize=9); ax.set_xlabel('step'); ax.grid(alpha=.3)
     fig.tight_layout()
     return fig
 
 def plot_token_health(rows: list[dict]):
-    "Held-out utilisation and perplexity of the token targets side by side; returns the figure."
+    "Held-out utilisation and perplexity of the token targets side by side (one bar per method and seed); returns the figure."
     import matplotlib.pyplot as plt
-    tok = [r for r in rows if 'heldout_utilisation' in r]
+    tok = [dict(r, method=f"{r['method']} s{r['seed']}" if 'seed' in r else r['method']) for r in rows if 'heldout_utilisation' in r]
     fig, (a, b) = plt.subplots(1, 2, figsize=(7, 2.4))
     a.bar([r['method'] for r in tok], [r['heldout_utilisation'] for r in tok]); a.set_title('held-out utilisation (%)')
     b.bar([r['method'] for r in tok], [r['heldout_perplexity'] for r in tok]); b.set_title('held-out perplexity')

@@ -204,6 +204,7 @@ def knn_eval(train_feats: torch.Tensor, train_labels: torch.Tensor,  # [n, F], [
              temperature: float = 0.07,    # T in the vote weight exp(sim / T)
              num_classes: int | None = None,  # default: 1 + the largest label
              chunk_size: int = 1024,       # test rows per similarity block
+             per_image: bool = False,      # also return `correct`: bool [m], whether each test row's top-1 is right
             ) -> dict:
     "DINO's weighted k-NN classifier on cosine similarity: top-1 / top-5 accuracy in percent."
     _check_xy(train_feats, train_labels, 'train'); _check_xy(test_feats, test_labels, 'test')
@@ -211,12 +212,14 @@ def knn_eval(train_feats: torch.Tensor, train_labels: torch.Tensor,  # [n, F], [
     if k < 1: raise ValueError(f'k must be >= 1, got {k}')
     if temperature <= 0: raise ValueError(f'temperature must be > 0, got {temperature}')
     C, k = _num_classes(num_classes, train_labels, test_labels), min(k, len(train_feats))
-    bank, bank_labels, hits1, hits5 = l2norm(train_feats.float()).T, train_labels.long(), 0, 0
+    bank, bank_labels, hits1, hits5, correct = l2norm(train_feats.float()).T, train_labels.long(), 0, 0, []
     for i in range(0, len(test_feats), chunk_size):
         q, y = l2norm(test_feats[i:i + chunk_size].float()), test_labels[i:i + chunk_size].long()
         sim, idx = (q @ bank).topk(k, dim=1)                                      # [b, k]
         votes = torch.zeros(len(q), C).scatter_add_(1, bank_labels[idx], (sim / temperature).exp())  # [b, C]
         pred = votes.topk(min(5, C), dim=1).indices                               # [b, 5]
         hits1 += (pred[:, 0] == y).sum().item(); hits5 += (pred == y[:, None]).any(1).sum().item()
+        if per_image: correct.append(pred[:, 0] == y)
     n = len(test_feats)
-    return dict(top1=100 * hits1 / n, top5=100 * hits5 / n, k=k, temperature=temperature)
+    out = dict(top1=100 * hits1 / n, top5=100 * hits5 / n, k=k, temperature=temperature)
+    return dict(out, correct=torch.cat(correct)) if per_image else out

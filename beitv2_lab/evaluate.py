@@ -164,15 +164,21 @@ def _fit_linear(src, labels, idx, num_classes: int, lr: float, weight_decay: flo
 
 # %% ../nbs/40_evaluate.ipynb #bc57e90c
 @torch.no_grad()
-def _accuracy(head, mean, std, src, labels, idx=None, chunk_size: int = 2048) -> tuple[float, float]:
-    "Top-1 / top-5 accuracy (percent) of the standardised linear classifier on rows `idx` of `src`."
+def _hits(head, mean, std, src, labels, idx=None, chunk_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    "Top-1 / top-5 hits (bool, one per row) of the standardised linear classifier on rows `idx` of `src`."
     idx = torch.arange(len(src)) if idx is None else idx
-    hits1 = hits5 = 0
+    hits1, hits5 = [], []
     for i in range(0, len(idx), chunk_size):
         b = idx[i:i + chunk_size]
         pred = head((src.rows(b) - mean) / std).topk(min(5, head.out_features), 1).indices
-        hits1 += (pred[:, 0] == labels[b]).sum().item(); hits5 += (pred == labels[b, None]).any(1).sum().item()
-    return 100 * hits1 / len(idx), 100 * hits5 / len(idx)
+        hits1.append(pred[:, 0] == labels[b]); hits5.append((pred == labels[b, None]).any(1))
+    return torch.cat(hits1), torch.cat(hits5)
+
+@torch.no_grad()
+def _accuracy(head, mean, std, src, labels, idx=None, chunk_size: int = 2048) -> tuple[float, float]:
+    "Top-1 / top-5 accuracy (percent) of the standardised linear classifier on rows `idx` of `src`."
+    h1, h5 = _hits(head, mean, std, src, labels, idx, chunk_size)
+    return 100 * h1.sum().item() / len(h1), 100 * h5.sum().item() / len(h5)
 
 # %% ../nbs/40_evaluate.ipynb #3d20eac8
 def linear_probe(train_feats, train_labels: torch.Tensor,  # tensor [n, F] (or row source), [n]
@@ -185,6 +191,7 @@ def linear_probe(train_feats, train_labels: torch.Tensor,  # tensor [n, F] (or r
                  batch_size: int = 256,
                  num_classes: int | None = None,  # default: 1 + the largest label
                  extend: int = 4,               # while the best lr sits at an end of the grid, try up to this many more lrs beyond it
+                 per_image: bool = False,       # also return `correct`: bool [m], whether each test row's top-1 is right
                 ) -> dict:
     "Linear-probe accuracy (percent) with lr / weight decay chosen on a validation split of the training features."
     train, test = _as_rows(train_feats, 'train'), _as_rows(test_feats, 'test')
@@ -216,10 +223,11 @@ def linear_probe(train_feats, train_labels: torch.Tensor,  # tensor [n, F] (or r
         if not ((best_lr == lrs[0] and low) or (best_lr == lrs[-1] and high)): break   # inside the grid, or flat
         lrs = [lrs[0] / step] + lrs if best_lr == lrs[0] else lrs + [lrs[-1] * step]   # strictly best at an end: widen
     head, mean, std = _fit_linear(train, train_labels, torch.arange(len(train)), C, best_lr, best_wd, epochs, batch_size, seed)
-    top1, top5 = _accuracy(head, mean, std, test, test_labels)      # step 4: the only use of the test split
-    return dict(top1=top1, top5=top5, best_lr=best_lr, best_weight_decay=best_wd, val_top1=val_top1, lrs=lrs,
-                lr_at_edge=len(lrs) > 1 and best_lr in (lrs[0], lrs[-1]),
-                train_top1=_accuracy(head, mean, std, train, train_labels)[0], n_fit=len(fit), n_val=len(val), n_test=len(test))
+    with torch.no_grad(): h1, h5 = _hits(head, mean, std, test, test_labels)   # step 4: the only use of the test split
+    out = dict(top1=100 * h1.sum().item() / len(h1), top5=100 * h5.sum().item() / len(h5), best_lr=best_lr,
+               best_weight_decay=best_wd, val_top1=val_top1, lrs=lrs, lr_at_edge=len(lrs) > 1 and best_lr in (lrs[0], lrs[-1]),
+               train_top1=_accuracy(head, mean, std, train, train_labels)[0], n_fit=len(fit), n_val=len(val), n_test=len(test))
+    return dict(out, correct=h1) if per_image else out
 
 # %% ../nbs/40_evaluate.ipynb #e5c1fe53
 def code_idf(tok_ids: torch.Tensor, codebook_size: int) -> torch.Tensor:
@@ -415,6 +423,7 @@ def compare_backbones(backbones: dict,            # name -> module with `forward
                       pools=('cls', 'mean'),       # poolings to probe
                       k: int = 20, temperature: float = 0.07, # k-NN settings
                       batch_size: int = 64, num_workers: int = 0, device='cpu',
+                      per_image: bool = False,     # also give `knn_correct` / `linear_correct`: bool [m], each test image's top-1 right
                       **probe_kw,                  # `linear_probe` arguments
                      ) -> list[dict]:
     "k-NN and linear-probe top-1 (%) of each backbone and pooling, one row each."
@@ -424,9 +433,11 @@ def compare_backbones(backbones: dict,            # name -> module with `forward
             fn = normalised(vit_features(model.to(device), pool))
             tr = extract_features(fn, train_ds, batch_size, num_workers, device)
             te = extract_features(fn, test_ds, batch_size, num_workers, device)
-            knn, lin = knn_eval(*tr, *te, k=k, temperature=temperature), linear_probe(*tr, *te, **probe_kw)
+            knn = knn_eval(*tr, *te, k=k, temperature=temperature, per_image=per_image)
+            lin = linear_probe(*tr, *te, per_image=per_image, **probe_kw)
             rows.append(dict(model=name, pool=pool, knn_top1=knn['top1'], linear_top1=lin['top1'], best_lr=lin['best_lr'],
                              lr_inside=not lin['lr_at_edge']))
+            if per_image: rows[-1].update(knn_correct=knn['correct'], linear_correct=lin['correct'])
     return rows
 
 def markdown_table(rows: list[dict]) -> str:

@@ -14,23 +14,34 @@ def test_compare_template_every_method(tmp_path):
     assert [r['method'] for r in rows] == list(METHODS)
     for r in rows:
         assert 0 <= r['linear_cls'] <= 100 and 0 <= r['knn_cls'] <= 100, r
-        assert (r['method'] == 'random') == (r['pretrain_wall_s'] == 0), r
+        assert (r['method'] == 'random') == (r['pretrain_wall_s'] == 0) and r['seed'] == 0, r
     tok = {r['method']: r for r in rows if 'heldout_utilisation' in r}
     assert sorted(tok) == ['dvae', 'ibot', 'vqkd'] and all(0 < r['heldout_perplexity'] for r in tok.values())
     assert tok['vqkd']['target_stage_wall_s'] > 0 and tok['dvae']['target_stage_wall_s'] > 0
-    assert (out/'results.csv').read_text().splitlines()[0].startswith('method,target,')
+    assert (out/'results.csv').read_text().splitlines()[0].startswith('method,seed,target,')
     assert n_images(cells) >= 3
-    # an interrupted comparison resumes: delete one method's result, rerun (two methods, to keep the test short):
-    # only that method trains again, the other is skipped and its probes come out the same
-    mtimes = {p: p.stat().st_mtime for p in out.glob('*/timing.json')}
-    (out/'hog'/'summary.json').unlink()
-    run_notebook('compare_targets', tmp_path/'again.ipynb', **TINY, out_dir=str(out), methods='pixels,hog')
-    changed = sorted(p.parent.name for p in out.glob('*/timing.json') if p.stat().st_mtime != mtimes[p])
-    assert changed == ['hog'], changed
-    again = {r['method']: r for r in json.loads((out/'results.json').read_text())}
-    assert again['pixels']['knn_cls'] == next(r for r in rows if r['method'] == 'pixels')['knn_cls']
+    summary = json.loads((out/'summary.json').read_text())
+    assert [r['method'] for r in summary] == list(METHODS) and all(r['seeds'] == 1 for r in summary)
+    assert len(json.loads((out/'pairs.json').read_text())) == 2 * 21  # 7 methods: 21 pairs, for each of the 2 probes (k-NN, linear of cls)
+    # a resumed multi-seed comparison skips finished (method, seed) pairs: adding seed 1 trains only seed 1; after
+    # one (method, seed) run is deleted, only that one trains again, and the other pairs' probes come out the same
+    timing = lambda: {p.relative_to(out).parent.as_posix(): p.stat().st_mtime for p in out.glob('seed*/*/timing.json')}
+    before = timing()
+    two = dict(TINY, out_dir=str(out), methods='pixels,hog', seeds='0,1')
+    run_notebook('compare_targets', tmp_path/'seeds.ipynb', **two)
+    after = timing()
+    assert sorted(k for k in after if after[k] != before.get(k)) == ['seed1/hog', 'seed1/pixels'], after
+    (out/'seed1'/'hog'/'summary.json').unlink()
+    run_notebook('compare_targets', tmp_path/'again.ipynb', **two)
+    again_t = timing()
+    assert sorted(k for k in again_t if again_t[k] != after[k]) == ['seed1/hog'], again_t
+    again = {(r['method'], r['seed']): r for r in json.loads((out/'results.json').read_text())}
+    assert sorted(again) == [('hog', 0), ('hog', 1), ('pixels', 0), ('pixels', 1)]
+    assert again['pixels', 0]['knn_cls'] == next(r for r in rows if r['method'] == 'pixels')['knn_cls']
+    summary = {r['method']: r for r in json.loads((out/'summary.json').read_text())}
+    assert summary['pixels']['seeds'] == 2 and summary['pixels']['knn_cls_seed_pm'] >= 0
     # a finished run is never reused under other parameters: the error names the field, before any compute
     import pytest
     from beitv2_lab.compare import CompareConfig, run_method
     with pytest.raises(ValueError, match=r"(?s)other parameters.*lr: finished run 0.0003 != now 0.001"):
-        run_method(CompareConfig(**dict(TINY, out_dir=str(out), lr=1e-3)), 'pixels')
+        run_method(CompareConfig(**dict(TINY, out_dir=str(out), lr=1e-3)), 'pixels', 0)
