@@ -130,6 +130,7 @@ def evaluate_dvae(model,                   # a `DiscreteVAE`
                   dataset,                 # items with 'image' [3, H, W] in [0, 1] (H, W multiples of 8)
                   batch_size: int = 64,
                   num_workers: int = 0,    # DataLoader workers
+                  per_image: bool = False, # also return `psnr_per_image` [n] (for paired comparisons with a baseline)
                  ) -> dict:
     "Mean per-image PSNR (dB) of `decode(encode(x))` and code usage over `dataset`."
     from beitv2_lab.data import collate
@@ -147,8 +148,9 @@ def evaluate_dvae(model,                   # a `DiscreteVAE`
     finally: model.train(was_training)
     if not psnr: raise ValueError('no readable image in dataset')
     psnr = torch.cat(psnr)
-    return dict(psnr=psnr.mean().item(), n_images=len(psnr), utilisation=100. * (usage > 0).double().mean().item(),
-                perplexity=perplexity(usage), dead_codes=int((usage == 0).sum()))
+    out = dict(psnr=psnr.mean().item(), n_images=len(psnr), utilisation=100. * (usage > 0).double().mean().item(),
+               perplexity=perplexity(usage), dead_codes=int((usage == 0).sum()))
+    return dict(out, psnr_per_image=psnr) if per_image else out
 
 def reconstruction_psnr(model, dataset, batch_size: int = 64, num_workers: int = 0) -> float:
     "Mean per-image PSNR (dB, [0, 1] pixels) of the dVAE's reconstructions `decode(encode(x))` of `dataset`."

@@ -10,7 +10,8 @@ train on (the folder's 'holdout' part):
 - every method: k-NN top-1 of the online k-NN's features (`task.features`: iBOT's teacher CLS, MIM's CLS, VQ-KD's
   encoder, the dVAE's mean logits), the bank `--bank` images of the train part, the queries the whole holdout part,
   with its binomial standard error sqrt(p(1-p)/n);
-- dVAE: held-out PSNR of decode(encode(x)) beside each 8x8 patch at its mean colour, and held-out code usage;
+- dVAE: held-out PSNR of decode(encode(x)) beside each 8x8 patch at its mean colour (and their paired difference per
+  image, `psnr_gain` with its standard error), and held-out code usage;
 - VQ-KD: held-out utilisation (share of K used on the holdout part);
 - the run's own log rows at that step (iBOT's teacher CLS entropy, VQ-KD's restarts and cosine, ...) are joined in.
 Rows go to `<out>/<method>_<tag>seed<s>/curve.jsonl`, one per checkpoint; a finished run is scored again, not retrained.
@@ -91,10 +92,12 @@ class Scorer:
         from beitv2_lab.report import eval_dataset, image_psnr, patch_mean_images
         from beitv2_lab.task_dvae import evaluate_dvae
         ds, _ = eval_dataset(self.cfg, 10 ** 6)
-        res = evaluate_dvae(built.model, ds, batch_size=64)
+        res = evaluate_dvae(built.model, ds, batch_size=64, per_image=True)
         base = torch.cat([image_psnr(patch_mean_images(x, 8), x) for x in
                           (torch.stack([ds[i]['image'] for i in range(j, min(j + 64, len(ds)))]) for j in range(0, len(ds), 64))])
-        return dict(psnr=res['psnr'], patch_mean_psnr=base.mean().item(), utilisation=res['utilisation'], psnr_images=res['n_images'])
+        gain = res['psnr_per_image'] - base                     # paired, image by image (every image is readable here)
+        return dict(psnr=res['psnr'], patch_mean_psnr=base.mean().item(), psnr_gain=gain.mean().item(),
+                    psnr_gain_se=gain.std().item() / len(gain) ** .5, utilisation=res['utilisation'], psnr_images=res['n_images'])
 
     def vqkd(self, built) -> dict:
         from beitv2_lab.report import code_usage, eval_dataset
@@ -133,28 +136,46 @@ def one_run(name: str, overrides: dict, out: Path, every: int, bank: int) -> Pat
     return out/'curve.jsonl'
 
 
+def run_config(run_dir: Path) -> dict:
+    "The config a run trained with (from its first checkpoint), or {}."
+    found = sorted((run_dir/'checkpoints').glob('step_*/config.json'))
+    return json.loads(found[0].read_text()) if found else {}
+
+
 def plot(dirs: list, png: str):
     "One figure: k-NN top-1 (±1 s.e.) and the methods' health curves against images seen, one line per run."
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     curves = {Path(d).name: [json.loads(l) for l in (Path(d)/'curve.jsonl').read_text().splitlines()] for d in dirs}
-    health = [('log_teacher_entropy_cls', 'teacher CLS entropy (nats)'), ('psnr', 'held-out PSNR (dB)'),
-              ('heldout_utilisation', 'held-out utilisation (%)')]
-    health = [(k, t) for k, t in health if any(k in r for c in curves.values() for r in c)]
-    fig, axs = plt.subplots(1, 1 + len(health), figsize=(5 * (1 + len(health)), 3.6), squeeze=False)
+    def restarts(rows, i):                                   # VQ-KD: restarts per step since the previous checkpoint
+        a, b = rows[i - 1] if i else None, rows[i]
+        return None if not i or 'log_restarts' not in b or 'log_restarts' not in a else (b['log_restarts'] - a['log_restarts']) / (b['step'] - a['step'])
+    health = [('log_teacher_entropy_cls', 'teacher CLS entropy (nats)', lambda rows, i: rows[i].get('log_teacher_entropy_cls')),
+              ('psnr', 'held-out PSNR (dB)', lambda rows, i: rows[i].get('psnr')),
+              ('usage', 'held-out code usage (% of K)', lambda rows, i: rows[i].get('heldout_utilisation', rows[i].get('utilisation'))),
+              ('restarts', 'dead-code restarts per step', restarts),
+              ('log_cos', 'cosine to the teacher (training window)', lambda rows, i: rows[i].get('log_cos'))]
+    health = [h for h in health if any(h[2](c, i) is not None for c in curves.values() for i in range(len(c)))]
+    fig, axs = plt.subplots(1, 1 + len(health), figsize=(4.6 * (1 + len(health)), 3.6), squeeze=False)
     for name, rows in curves.items():
         x = [r['images'] / 1000 for r in rows]
         y, e = [r['knn_top1'] for r in rows], [r['knn_se'] for r in rows]
         axs[0, 0].errorbar(x, y, yerr=e, marker='o', ms=3, capsize=2, label=name)
-        for ax, (k, t) in zip(axs[0, 1:], health):
-            pts = [(r['images'] / 1000, r[k]) for r in rows if k in r]
-            if pts: ax.plot(*zip(*pts), marker='o', ms=3, label=name); ax.set_title(t, fontsize=10)
+        for ax, (k, t, get) in zip(axs[0, 1:], health):
+            pts = [(r['images'] / 1000, v) for i, r in enumerate(rows) if (v := get(rows, i)) is not None]
+            if pts: ax.plot(*zip(*pts), marker='o', ms=3, label=name)
+            ax.set_title(t, fontsize=10)
+            if k == 'log_teacher_entropy_cls' and (K := run_config(Path(dirs[list(curves).index(name)])).get('out_dim')):
+                ax.axhline(0.8 * math.log(K), ls='--', c='gray', label=f'0.8 ln K (K = {K})' if name == list(curves)[0] else None)
+            if k == 'restarts' and (K := run_config(Path(dirs[list(curves).index(name)])).get('codebook_size')):
+                ax.axhline(0.001 * K, ls='--', c='gray', label=f'0.1% of K (K = {K})' if name == list(curves)[0] else None)
             if k == 'psnr':
                 ax.plot(x, [r['patch_mean_psnr'] for r in rows], ls='--', c='gray', label='8x8 patch mean' if name == list(curves)[0] else None)
     axs[0, 0].set_title('k-NN top-1 on held-out images (%, ±1 s.e.)', fontsize=10)
     for ax in axs.flat: ax.set_xlabel('images seen (thousands)'); ax.grid(alpha=.3)
     axs[0, 0].legend(fontsize=7)
-    if health: axs[0, -1].legend(fontsize=7)
+    for ax in axs[0, 1:]:
+        if ax.get_legend_handles_labels()[0]: ax.legend(fontsize=7)
     fig.tight_layout(); fig.savefig(png, dpi=110); print('wrote', png)
 
 

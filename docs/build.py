@@ -38,7 +38,7 @@ from mkdocs.exceptions import Abort
 DOCS = Path(__file__).resolve().parent
 REPO = DOCS.parent
 NBS = REPO/'nbs'
-GUIDES = ['architecture', 'scaling-out', 'dashboards', 'comparison', 'performance', 'developing']   # nav order; others follow by name
+GUIDES = ['architecture', 'scaling-out', 'dashboards', 'comparison', 'learning-curves', 'performance', 'developing']   # nav order; others follow by name
 RUNS = ['train_vqkd', 'pretrain_mim', 'train_dvae', 'pretrain_ibot', 'compare_targets', 'eval', 'codebook_gallery', 'inspect_model',
         'train_pixdec']
 HTML_TAGS = 'a|b|i|em|strong|code|pre|kbd|sub|sup|br|hr|img|div|span|p|details|summary|table|thead|tbody|tr|td|th|math'
