@@ -147,6 +147,11 @@ def plot(dirs: list, png: str):
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     curves = {Path(d).name: [json.loads(l) for l in (Path(d)/'curve.jsonl').read_text().splitlines()] for d in dirs}
+    logs = {n: [json.loads(l) for l in (Path(d)/'metrics.jsonl').read_text().splitlines()] for n, d in zip(curves, dirs)}
+    def acc_main(rows, i):                                   # MIM: mean of the log windows since the previous checkpoint
+        name = next(n for n, c in curves.items() if c is rows)
+        w = [r['acc_main'] for r in logs[name] if 'acc_main' in r and (rows[i - 1]['step'] if i else 0) < r['step'] <= rows[i]['step']]
+        return 100 * sum(w) / len(w) if i and w else None
     def restarts(rows, i):                                   # VQ-KD: restarts per step since the previous checkpoint
         a, b = rows[i - 1] if i else None, rows[i]
         return None if not i or 'log_restarts' not in b or 'log_restarts' not in a else (b['log_restarts'] - a['log_restarts']) / (b['step'] - a['step'])
@@ -154,7 +159,8 @@ def plot(dirs: list, png: str):
               ('psnr', 'held-out PSNR (dB)', lambda rows, i: rows[i].get('psnr')),
               ('usage', 'held-out code usage (% of K)', lambda rows, i: rows[i].get('heldout_utilisation', rows[i].get('utilisation'))),
               ('restarts', 'dead-code restarts per step', restarts),
-              ('log_cos', 'cosine to the teacher (training window)', lambda rows, i: rows[i].get('log_cos'))]
+              ('log_cos', 'cosine to the teacher (training window)', lambda rows, i: rows[i].get('log_cos')),
+              ('acc_main', 'MIM masked-code accuracy (%, mean since the previous point)', acc_main)]
     health = [h for h in health if any(h[2](c, i) is not None for c in curves.values() for i in range(len(c)))]
     fig, axs = plt.subplots(1, 1 + len(health), figsize=(4.6 * (1 + len(health)), 3.6), squeeze=False)
     for name, rows in curves.items():
