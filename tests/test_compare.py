@@ -27,12 +27,13 @@ def test_compare_template_every_method(tmp_path):
     # one (method, seed) run is deleted, only that one trains again, and the other pairs' probes come out the same
     timing = lambda: {p.relative_to(out).parent.as_posix(): p.stat().st_mtime for p in out.glob('seed*/*/timing.json')}
     before = timing()
-    two = dict(TINY, out_dir=str(out), methods='pixels,hog', seeds='0,1')
-    run_notebook('compare_targets', tmp_path/'seeds.ipynb', **two)
+    from beitv2_lab.compare import CompareConfig, compare, run_method   # in this process: the template ran above
+    two = CompareConfig(**dict(TINY, out_dir=str(out), methods='pixels,hog', seeds='0,1', n_boot=200))
+    compare(two)
     after = timing()
     assert sorted(k for k in after if after[k] != before.get(k)) == ['seed1/hog', 'seed1/pixels'], after
     (out/'seed1'/'hog'/'summary.json').unlink()
-    run_notebook('compare_targets', tmp_path/'again.ipynb', **two)
+    compare(two)
     again_t = timing()
     assert sorted(k for k in again_t if again_t[k] != after[k]) == ['seed1/hog'], again_t
     again = {(r['method'], r['seed']): r for r in json.loads((out/'results.json').read_text())}
@@ -42,6 +43,5 @@ def test_compare_template_every_method(tmp_path):
     assert summary['pixels']['seeds'] == 2 and summary['pixels']['knn_cls_seed_pm'] >= 0
     # a finished run is never reused under other parameters: the error names the field, before any compute
     import pytest
-    from beitv2_lab.compare import CompareConfig, run_method
     with pytest.raises(ValueError, match=r"(?s)other parameters.*lr: finished run 0.0003 != now 0.001"):
         run_method(CompareConfig(**dict(TINY, out_dir=str(out), lr=1e-3)), 'pixels', 0)
