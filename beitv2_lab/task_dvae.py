@@ -89,9 +89,8 @@ def usage_in_sync(model) -> bool:
 # %% ../nbs/35_task_dvae.ipynb #635264f2
 class DVAETask(Task):
     "Train DALL-E's discrete VAE to reconstruct images through its tokens (BEiT v1 stage 1)."
-    Config, name, progress_keys = DVAEConfig, 'dvae', ('rec_loss', 'utilisation')
+    Config, validator, name, progress_keys = DVAEConfig, staticmethod(validate_dvae), 'dvae', ('rec_loss', 'utilisation')
     resume_keys = ('model', 'img_size', 'codebook_size', 'recon', 'min_crop_scale')
-    def validate(self, cfg): validate_dvae(cfg)
 
     def build(self, cfg, device) -> Built:
         kw = dict(codebook_size=cfg.codebook_size) if cfg.codebook_size else {}

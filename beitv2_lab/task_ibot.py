@@ -173,11 +173,10 @@ def teacher_in_sync(model) -> bool:
 # %% ../nbs/36_task_ibot.ipynb #ae7bf272
 class IBOTTask(Task):
     "iBOT: self-distillation with an EMA teacher on CLS tokens across views and on masked patches."
-    Config, name, progress_keys = IBOTConfig, 'ibot', ('loss', 'patch_utilisation')
+    Config, validator, name, progress_keys = IBOTConfig, staticmethod(validate_ibot), 'ibot', ('loss', 'patch_utilisation')
     resume_keys = ('model', 'global_size', 'local_size', 'n_global', 'n_local', 'global_scale_min', 'local_scale_min', 'local_scale_max',
                    'out_dim', 'patch_out_dim', 'hidden_dim', 'bottleneck_dim', 'shared_head', 'norm_last_layer', 'mask_prob',
                    'mask_ratio_min', 'mask_ratio_max', 'drop_path_rate')
-    def validate(self, cfg): validate_ibot(cfg)
 
     def peak_lr(self, cfg) -> float: return ibot_peak_lr(cfg, get_world_size())
 

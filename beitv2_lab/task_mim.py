@@ -146,10 +146,9 @@ def load_mim(path, device='cpu'):
 # %% ../nbs/34_task_mim.ipynb #bdcfccf6
 class MIMTask(Task):
     "Masked image modeling of a frozen tokenizer's codes (BEiT v2, BEiT v1) or of a regression target (pixels, HOG, teacher features)."
-    Config, name, progress_keys = MIMConfig, 'mim', ('loss', 'acc_main')
+    Config, validator, name, progress_keys = MIMConfig, staticmethod(validate_mim), 'mim', ('loss', 'acc_main')
     resume_keys = ('model', 'img_size', 'patch_aggregation', 'early_layers', 'mask_mode', 'num_masking_patches', 'drop_path_rate',
                    'target', 'target_loss', 'target_size', 'tokenizer')
-    def validate(self, cfg): validate_mim(cfg)
 
     def build(self, cfg, device) -> Built:
         from beitv2_lab.mim import create_mim

@@ -176,9 +176,8 @@ def pixel_loss(rec: torch.Tensor, images: torch.Tensor, loss: str = 'l1') -> tor
 # %% ../nbs/37_task_pixdec.ipynb #c1883b7d
 class PixDecTask(Task):
     "Train a pixel decoder on a frozen VQ-KD tokenizer's code grid."
-    Config, name, progress_keys = PixDecConfig, 'pixdec', ('loss', 'psnr')
+    Config, validator, name, progress_keys = PixDecConfig, staticmethod(validate_pixdec), 'pixdec', ('loss', 'psnr')
     resume_keys = ('tokenizer', 'width', 'blocks', 'loss', 'min_crop_scale')
-    def validate(self, cfg): validate_pixdec(cfg)
 
     def build(self, cfg, device) -> Built:
         from beitv2_lab.tokenizer import load_any_tokenizer

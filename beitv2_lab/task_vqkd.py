@@ -61,9 +61,8 @@ def codebook_in_sync(quantizer) -> bool:
 # %% ../nbs/33_task_vqkd.ipynb #ce96014d
 class VQKDTask(Task):
     "Train a VQ-KD tokenizer to reconstruct a frozen teacher's patch features (BEiT v2 stage 1)."
-    Config, name, progress_keys = VQKDConfig, 'vqkd', ('cos', 'utilisation')
+    Config, validator, name, progress_keys = VQKDConfig, staticmethod(validate_vqkd), 'vqkd', ('cos', 'utilisation')
     resume_keys = ('model', 'img_size', 'codebook_size', 'code_dim', 'teacher', 'teacher_size')
-    def validate(self, cfg): validate_vqkd(cfg)
 
     def build(self, cfg, device) -> Built:
         from beitv2_lab.teachers import build_teacher

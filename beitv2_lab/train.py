@@ -475,7 +475,8 @@ class Task:
     name = 'task'                              # progress-bar label
     resume_keys: tuple = ()                    # config fields that must match a checkpoint to resume (besides DATA_KEYS)
     progress_keys: tuple = ('loss',)           # metrics shown on the progress bar
-    def validate(self, cfg) -> None: validate_common(cfg)
+    validator = staticmethod(validate_common)  # the config's check, run before any compute (raises naming the field and the fix)
+    def validate(self, cfg) -> None: self.validator(cfg)
     def peak_lr(self, cfg) -> float: return cfg.lr   # the top of the lr schedule (a task may scale `cfg.lr`, e.g. by the batch)
     def build(self, cfg, device) -> Built: raise NotImplementedError(f'{type(self).__name__}.build')
     def dataset(self, cfg, built: Built): raise NotImplementedError(f'{type(self).__name__}.dataset')
