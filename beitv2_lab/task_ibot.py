@@ -30,14 +30,14 @@ __all__ = ['log', 'IBOTConfig', 'ibot_peak_lr', 'validate_ibot', 'CropMasks', 'i
 class IBOTConfig(RunConfig):
     "An iBOT run (`nbs/pretrain_ibot.ipynb`); shared fields and their comments: `RunConfig`."
     model: str = 'ibot_vit_tiny_d6_patch16_224'  # backbone variant (beitv2_lab.ibot.IBOT_VARIANTS); tiny_d6 has the size of the MIM default
-    global_size: int = 96                # side of the global crops (teacher and masked student views; the tokenizer's img_size)
-    local_size: int = 48                 # side of the local crops (student only); multiple of the patch size 16
+    global_size: int = 64                # side of the global crops (teacher and masked student views; the tokenizer's img_size)
+    local_size: int = 32                 # side of the local crops (student only); multiple of the patch size 16
     n_global: int = 2                    # global crops per image (official 2)
     n_local: int = 4                     # local crops per image (official 10)
     global_scale_min: float = 0.25       # a global crop's box covers U(global_scale_min, 1) of the image area
     local_scale_min: float = 0.05        # smallest area fraction of a local crop's box
     local_scale_max: float = 0.25        # largest area fraction of a local crop's box
-    out_dim: int = 8192                  # K, prototypes of the head (the tokenizer's codebook size)
+    out_dim: int = 1024                  # K, prototypes of the head (the tokenizer's codebook size; official 8192)
     patch_out_dim: int = 0               # prototypes of a separate patch head (0: out_dim; other values need shared_head False)
     hidden_dim: int = 2048               # width of the head's 3-layer MLP
     bottleneck_dim: int = 256            # the head's l2-normalised bottleneck
@@ -46,9 +46,9 @@ class IBOTConfig(RunConfig):
     freeze_last_layer: int = 2           # steps during which the prototypes are not updated (official: 1 epoch)
     momentum_teacher: float = 0.996      # teacher EMA momentum at step 0, cosine to 1 at the last step
     warmup_teacher_temp: float = 0.04    # teacher CLS temperature at step 0
-    teacher_temp: float = 0.07           # teacher CLS temperature after the warmup
+    teacher_temp: float = 0.04           # teacher CLS temperature after the warmup (official ViT-S/B: 0.07; 0.04 held for short runs)
     warmup_patch_temp: float = 0.04      # teacher patch temperature at step 0
-    patch_temp: float = 0.07             # teacher patch temperature after the warmup
+    patch_temp: float = 0.04             # teacher patch temperature after the warmup (official: 0.07; 0.04 held for short runs)
     teacher_temp_warmup_steps: int = 6   # linear warmup of both teacher temperatures (official: 30 of 800 epochs; whole epochs of it with teacher_temp_schedule 'epoch')
     teacher_temp_schedule: str = 'step'  # 'step': the temperatures move every step (a run shorter than an epoch still warms up); 'epoch': the official staircase, one value per epoch of len(dataset) // world size // batch_size steps
     student_temp: float = 0.1            # student temperature
@@ -61,7 +61,8 @@ class IBOTConfig(RunConfig):
     drop_path_rate: float = 0.           # stochastic depth of the student (official ViT-S/B: 0.1)
     init: str = 'ibot'                   # fresh weights: 'ibot' (the official iBOT/DINO ViT init) or 'beit' (BEiT's: truncation at 1 std, depth rescale)
     steps: int = 60                      # optimizer steps
-    lr: float = 3e-4                     # peak learning rate (see above; times batch_size x world size / 256 with lr_scale_batch)
+    batch_size: int = 64                 # images per step per process (each gives n_global + n_local crops)
+    lr: float = 5e-4                     # peak learning rate (see above; times batch_size x world size / 256 with lr_scale_batch)
     lr_scale_batch: bool = False         # the official linear scaling rule for the peak lr (off: lr is the peak itself, as in every other task, so runs compare at one lr)
     min_lr: float = 1e-6                 # final learning rate of the cosine schedule
     warmup_steps: int = 6                # linear lr warmup steps, from 0 (official: 10 epochs)

@@ -25,7 +25,7 @@ class VQKDConfig(RunConfig):
     model: str = 'vqkd_tiny'             # tokenizer variant (beitv2_lab.tokenizer.list_tokenizers())
     img_size: int = 128                  # input resolution (multiple of the patch size 16); 224 is the official size
     teacher_size: int = 128              # resolution the teacher runs at (0: the teacher's own default, 224 for the built-in ones)
-    codebook_size: int = 8192            # K, number of codes
+    codebook_size: int = 1024            # K, number of codes (official: 8192 at batch 2048; 1024 settles at laptop batches, docs/guides/learning-curves.md)
     code_dim: int = 32                   # C, code dimension
     ema_decay: float = 0.99              # codebook EMA decay
     dead_code_threshold: float = 0.2     # restart a code from batch vectors when its EMA usage falls below this fraction of a uniform share (0: never)

@@ -4,7 +4,7 @@ Each method is trained by ours and by a peer library on the same harness, data, 
 augmentations, one after the other; then both results are printed side by side.
 
     python benchmarks/peers.py all --seeds 0,1                     # every method at its task's defaults
-    python benchmarks/peers.py vqkd --seeds 0,1                    # VQ-KD's default run: 220 steps, 128 px, K 8192
+    python benchmarks/peers.py vqkd --seeds 0,1                    # VQ-KD's default run: 220 steps, 128 px, K 1024
     python benchmarks/peers.py ibot --seeds 0,1 -p steps 1600 -p warmup_steps 160 -p teacher_temp_warmup_steps 160
 
 Every run is `beitv2_lab.train.run(task, cfg)` on `--data` (split 'train'; class folders under it) with the task's

@@ -3,7 +3,8 @@ import json
 
 from nb_utils import n_images, run_notebook
 
-TINY = dict(img_size=32, steps=2, batch_size=4, tokenizer_steps=2, codebook_size=64, n_embedded=32, pools='cls', num_workers=0)
+TINY = dict(img_size=32, steps=2, batch_size=4, tokenizer_steps=2, codebook_size=64, n_embedded=32, pools='cls', num_workers=0,
+            knn_every=0)   # the runs' online k-NN is not what this tests (tests/test_online_knn.py is)
 
 
 def test_compare_template_every_method(tmp_path):

@@ -23,7 +23,7 @@ from beitv2_lab.train import describe_summary, latest_checkpoint, read_metrics, 
 from nb_utils import REPO, run_notebook
 
 TINY = dict(teacher='hog', model='vqkd_tiny', img_size=32, teacher_size=32, codebook_size=64, code_dim=8, batch_size=8,
-            warmup_steps=2, n_embedded=256, num_workers=0, progress=False)
+            warmup_steps=2, n_embedded=256, num_workers=0, progress=False, knn_images=40)   # a small online k-NN split: tests are not about it
 DDP = dict(TINY, steps=24, ckpt_every=4, log_every=4)      # long enough after step 4 to kill a worker mid-run
 
 

@@ -15,7 +15,7 @@ from beitv2_lab.task_pixdec import PixDecConfig, PixDecTask
 from beitv2_lab.task_vqkd import VQKDConfig, VQKDTask
 from beitv2_lab.tokenizer import create_tokenizer, save_tokenizer
 
-RUN = dict(num_workers=0, progress=False, steps=3, log_every=3, ckpt_every=3, warmup_steps=1)
+RUN = dict(num_workers=0, progress=False, steps=3, log_every=3, ckpt_every=3, warmup_steps=1, knn_images=40)
 MIM = dict(model='beitv2_tiny_patch16_224', img_size=32, batch_size=4, n_embedded=16)
 TASKS = {
     'vqkd': lambda tok: (VQKDTask(), VQKDConfig(teacher='hog', model='vqkd_tiny', img_size=32, teacher_size=32, codebook_size=64,

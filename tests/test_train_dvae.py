@@ -12,7 +12,7 @@ from nb_utils import n_images, run_notebook
 from kill_utils import resume_matches_uninterrupted
 
 TINY = dict(model='dvae_tiny', img_size=32, codebook_size=64, batch_size=4, warmup_steps=1, n_embedded=64, eval_images=8,
-            num_workers=0, progress=False)
+            num_workers=0, progress=False, knn_images=40)
 
 
 def test_papermill_template(tmp_path):

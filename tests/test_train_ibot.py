@@ -17,7 +17,7 @@ from nb_utils import n_images, run_notebook
 from kill_utils import resume_matches_uninterrupted
 
 TINY = dict(global_size=32, local_size=16, n_local=2, out_dim=64, hidden_dim=64, bottleneck_dim=16, batch_size=4, warmup_steps=1,
-            teacher_temp_warmup_steps=2, freeze_last_layer=1, n_embedded=64, num_workers=0, progress=False)
+            teacher_temp_warmup_steps=2, freeze_last_layer=1, n_embedded=64, num_workers=0, progress=False, knn_images=40)
 
 
 def same_files(a, b) -> bool:

@@ -9,7 +9,7 @@ from beitv2_lab.train import load_checkpoint, read_metrics, run
 from nb_utils import n_images, run_notebook
 
 TINY = dict(model='beitv2_tiny_patch16_224', img_size=32, batch_size=4, warmup_steps=1, n_embedded=32, num_workers=0,
-            progress=False)
+            progress=False, knn_images=40)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from nb_utils import n_images, run_notebook
 from kill_utils import resume_matches_uninterrupted
 
 TINY = dict(teacher='hog', model='vqkd_tiny', img_size=32, teacher_size=32, codebook_size=64, code_dim=8, batch_size=8,
-            warmup_steps=2, n_embedded=256, num_workers=0, progress=False)
+            warmup_steps=2, n_embedded=256, num_workers=0, progress=False, knn_images=40)
 
 
 def test_papermill_template(tmp_path):
