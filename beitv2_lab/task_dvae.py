@@ -129,7 +129,6 @@ def evaluate_dvae(model,                   # a `DiscreteVAE`
                   dataset,                 # items with 'image' [3, H, W] in [0, 1] (H, W multiples of 8)
                   batch_size: int = 64,
                   num_workers: int = 0,    # DataLoader workers
-                  per_image: bool = False, # also return `psnr_per_image` [n] (for paired comparisons with a baseline)
                  ) -> dict:
     """Mean per-image PSNR (dB) of `decode(encode(x))` and code usage over `dataset`, beside the baseline a token grid
     must beat: each 8×8 patch at its mean colour (`patch_mean_psnr`), and the paired gain over it, image by image, with
@@ -151,10 +150,9 @@ def evaluate_dvae(model,                   # a `DiscreteVAE`
     if not psnr: raise ValueError('no readable image in dataset')
     psnr, base = torch.cat(psnr), torch.cat(base)
     gain = (psnr - base).double()
-    out = dict(psnr=psnr.mean().item(), patch_mean_psnr=base.mean().item(), psnr_gain=gain.mean().item(),
-               psnr_gain_se=gain.std().item() / len(gain) ** .5 if len(gain) > 1 else float('nan'), n_images=len(psnr),
-               utilisation=100. * (usage > 0).double().mean().item(), perplexity=perplexity(usage), dead_codes=int((usage == 0).sum()))
-    return dict(out, psnr_per_image=psnr) if per_image else out
+    return dict(psnr=psnr.mean().item(), patch_mean_psnr=base.mean().item(), psnr_gain=gain.mean().item(),
+                psnr_gain_se=gain.std().item() / len(gain) ** .5 if len(gain) > 1 else float('nan'), n_images=len(psnr),
+                utilisation=100. * (usage > 0).double().mean().item(), perplexity=perplexity(usage), dead_codes=int((usage == 0).sum()))
 
 def reconstruction_psnr(model, dataset, batch_size: int = 64, num_workers: int = 0) -> float:
     "Mean per-image PSNR (dB, [0, 1] pixels) of the dVAE's reconstructions `decode(encode(x))` of `dataset`."
