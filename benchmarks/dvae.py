@@ -27,8 +27,9 @@ Method (as benchmarks/quantizer.py)
 - Time: both implementations in one further subprocess, steps **interleaved** (order alternating each round), so a
   shared, noisy machine loads both equally: `--warmup` rounds, then the median (min/max) of `--repeats` timed steps.
 
-The peer is `pip install dalle-pytorch` (a benchmark peer only, no dependency of beitv2_lab; on Python 3.11 its
-dependency youtokentome does not build, so it is not in the dev requirements). Where it does not import, ours alone
+The peer is `pip install --no-deps dalle-pytorch` (a benchmark peer only, no dependency of beitv2_lab: its
+dependency youtokentome, a text tokenizer that DiscreteVAE does not use, does not build on Python 3.11; what its
+import needs is in the dev requirements, and the README's install line adds it). Where it does not import, ours alone
 is measured and the peer's row says why (exit 0).
 
 Usage: python benchmarks/dvae.py [--variant dvae_small --batch-size 8 --img-size 128 --repeats 7 --device cpu]
@@ -55,15 +56,22 @@ KL_WEIGHT = 6.6
 
 def dalle_pytorch_vae():
     "`dalle_pytorch.DiscreteVAE`, importable with a current pytorch_lightning."
-    try: import dalle_pytorch
-    except ModuleNotFoundError as e:
-        if e.name != 'pytorch_lightning.utilities.distributed': raise SystemExit(f'{e}: pip install dalle-pytorch')
-        # dalle_pytorch/__init__ imports taming-transformers (for VQGanVAE, unused here), which imports
-        # `rank_zero_only` from a module that pytorch_lightning >= 2 moved to `utilities.rank_zero`: alias it.
-        import pytorch_lightning.utilities.rank_zero as rank_zero
-        sys.modules['pytorch_lightning.utilities.distributed'] = rank_zero
-        import dalle_pytorch
-    return dalle_pytorch.DiscreteVAE
+    for _ in range(3):                  # at most one alias per missing module below, then the import must succeed
+        try:
+            import dalle_pytorch
+            return dalle_pytorch.DiscreteVAE
+        except ModuleNotFoundError as e:
+            if e.name == 'pytorch_lightning.utilities.distributed':
+                # dalle_pytorch/__init__ imports taming-transformers (for VQGanVAE, unused here), which imports
+                # `rank_zero_only` from a module that pytorch_lightning >= 2 moved to `utilities.rank_zero`: alias it.
+                import pytorch_lightning.utilities.rank_zero as rank_zero
+                sys.modules['pytorch_lightning.utilities.distributed'] = rank_zero
+            elif e.name == 'pkg_resources':
+                # its __init__ imports `get_distribution` (unused) from pkg_resources, which setuptools >= 81 removed
+                import importlib.metadata, types
+                sys.modules['pkg_resources'] = types.SimpleNamespace(get_distribution=importlib.metadata.distribution)
+            else: raise SystemExit(f'{e}: pip install --no-deps dalle-pytorch (its import-time needs are dev requirements)')
+    raise SystemExit('dalle_pytorch does not import')
 
 
 def peer_missing() -> str:
@@ -80,10 +88,10 @@ IMPLS = ('beitv2_lab',) + (() if PEER_MISSING else ('dalle_pytorch',))
 def n_params(m) -> int: return sum(p.numel() for p in m.parameters())
 
 
-def theirs_kwargs(a, ours) -> dict:
-    "dalle_pytorch.DiscreteVAE arguments of the same size as `ours` (see the module docstring)."
+def theirs_kwargs(ours, img_size: int) -> dict:
+    "dalle_pytorch.DiscreteVAE arguments of the same size as `ours` at `img_size` (see the module docstring)."
     DVAE = dalle_pytorch_vae()
-    base = dict(image_size=a.img_size, num_tokens=ours.codebook_size, codebook_dim=ours.config['n_init'], num_layers=3,
+    base = dict(image_size=img_size, num_tokens=ours.codebook_size, codebook_dim=ours.config['n_init'], num_layers=3,
                 num_resnet_blocks=2, temperature=1.0, straight_through=False, kl_div_loss_weight=KL_WEIGHT)
     target = n_params(ours)
     with torch.device('meta'):                                     # count parameters without allocating them
@@ -96,7 +104,7 @@ def build(a, impl: str, dev):
     from beitv2_lab.dvae import create_dvae
     ours = create_dvae(a.variant, img_size=a.img_size, recon=a.recon,
                        **({'codebook_size': a.codebook_size} if a.codebook_size else {}))
-    model = ours if impl == 'beitv2_lab' else dalle_pytorch_vae()(**theirs_kwargs(a, ours))
+    model = ours if impl == 'beitv2_lab' else dalle_pytorch_vae()(**theirs_kwargs(ours, a.img_size))
     model = model.to(dev).train()
     return model, torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -207,7 +215,7 @@ def main():
     from beitv2_lab.dvae import create_dvae
     with torch.device('meta'):
         ours = create_dvae(a.variant, img_size=a.img_size, **({'codebook_size': a.codebook_size} if a.codebook_size else {}))
-    tk = {} if PEER_MISSING else theirs_kwargs(a, ours)
+    tk = {} if PEER_MISSING else theirs_kwargs(ours, a.img_size)
     print(f'one dVAE training step (zero_grad + Gumbel-relaxed forward, tau 1 + loss + backward + AdamW), '
           f'batch {a.batch_size} x {a.img_size}px, K={ours.codebook_size}, grid {ours.grid[0]}x{ours.grid[1]} '
           f'(img {a.img_size}/8), device {a.device}, torch {torch.__version__}, '

@@ -22,8 +22,11 @@ the part the peer implements. Scored on images the runs did not train on (the fo
   threshold `threshold_ema_dead_code`, commitment weight: ours' values). Cosine to the teacher (`cos`, mean of the
   last three log windows) and held-out utilisation (share of the K codes that the run's own quantizer picks on about
   102,400 holdout patch vectors, as benchmarks/vqkd_restarts.py measures it).
-- dVAE: ours vs `dalle_pytorch.DiscreteVAE`: a row that says why it is n/a where dalle-pytorch does not import (as
-  benchmarks/dvae.py; it does not build on Python 3.11).
+- dVAE: ours (`DVAETask`, DALL-E's architecture) vs `dalle_pytorch.DiscreteVAE` (`DallePeerTask`) with the same K and
+  token grid and its hidden width chosen for the same parameter count (benchmarks/dvae.py's sizing). Held-out PSNR of
+  decode(encode(x)) on every holdout image at the run's `img_size`, beside the 8x8 patch-mean baseline, the paired gain
+  over it (± s.e. over images) and the share of the K codes those images use (`learning_curves.Scorer.dvae`). Where
+  dalle-pytorch does not import, its row says why (`pip install --no-deps dalle-pytorch`; see the README).
 One `RESULT {json}` line per run, then a markdown table; run folders `<out>/<method>_<impl>_seed<s>`. Wall times are
 the training runs' (online k-NN included, the same for both); compare them only within one invocation.
 
@@ -37,6 +40,12 @@ Where a peer differs from ours, and why (everything else is ours' value of the s
   decay follow our cosine schedules (its example has its own); the EMA is its `update_momentum`, the last-layer
   freeze its head's `cancel_last_layer_gradients` counted in steps. A batch without any masked patch (at real sizes and
   mask_prob 0.5: p = 2^-(n_global x batch)) would make its patch centre NaN; the centre is kept for such a batch.
+- dalle_pytorch DiscreteVAE: its own architecture (stride-2 convs of one width, resblocks at the lowest resolution
+  only, `num_resnet_blocks=2` as its train_vae.py), its own normalisation of the pixels and its own loss, MSE (ours:
+  DALL-E's logit-Laplace); the Gumbel temperature (`temp`), the straight-through switch (`hard`) and the KL weight
+  follow ours' schedules. Its KL term is summed over the batch, positions and codes; ours is β times the mean KL per
+  position over one token's 3x8x8 pixel-channels (DALL-E's units), so its weight is set each step to
+  β / (192 · batch · positions): the same multiple of the KL per position as ours (a test checks it).
 - vector_quantize_pytorch: its EMA (Laplace-smoothed counts, codes = l2norm(embed_avg / count)) and dead-code
   replacement (batch vectors, count reset to the threshold) are its own; it has no restart grace (`restart_grace` must
   be 0); it does not count restarts.
@@ -47,6 +56,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import math
 import shutil
 import sys
 import time
@@ -61,6 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learning_curves import IMAGENETTE, Scorer, parse_value  # noqa: E402
 
 from beitv2_lab.distrib import all_reduce_sum, get_world_size, tensors_in_sync  # noqa: E402
+from beitv2_lab.task_dvae import DVAETask, evaluate_run  # noqa: E402
 from beitv2_lab.task_ibot import IBOTTask, ibot_dataset, view_major  # noqa: E402
 from beitv2_lab.task_vqkd import VQKDTask  # noqa: E402
 from beitv2_lab.train import Built, check, steps_per_epoch  # noqa: E402
@@ -287,6 +298,88 @@ class LightlyIBOTTask(IBOTTask):
     def load_extra_state(self, built, tensors): self.window.copy_(tensors['window'])
 
 
+# ----------------------------------------------------------------------------------------------------- dVAE peer
+class DallePeerVAE(nn.Module):
+    """`dalle_pytorch.DiscreteVAE` behind our `DiscreteVAE`'s contract: the training forward
+    `(images in [0, 1], hard, temperature, kl_weight) -> dict(loss, rec_loss, kl, tok_ids)`, `encode` / `decode` in
+    [0, 1] pixels, `codebook_size` and the usage window (`stats`, `reset_stats`, `window_usage`)."""
+    def __init__(self, ours, img_size: int):
+        "A peer of the size of `ours` (a `beitv2_lab.dvae.DiscreteVAE`) at `img_size`, as benchmarks/dvae.py sizes it."
+        super().__init__()
+        from dvae import dalle_pytorch_vae, theirs_kwargs
+        self.vae = dalle_pytorch_vae()(**theirs_kwargs(ours, img_size))
+        self.codebook_size = ours.codebook_size
+        self.register_buffer('window_usage', torch.zeros(self.codebook_size, dtype=torch.long), persistent=False)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        "Encoder logits `[B, K, h, w]` of images in [0, 1] (its own normalisation inside)."
+        return self.vae(images, return_logits=True)
+
+    def forward(self, images: torch.Tensor, hard: bool = False, temperature: float = 1.0, kl_weight: float = 0.0) -> dict:
+        "One training forward through its own `forward(return_loss=True)`: its MSE and its KL term, ours' β in DALL-E's units."
+        from beitv2_lab.dvae import kl_to_uniform
+        if kl_weight < 0: raise ValueError(f'kl_weight must be >= 0, got {kl_weight!r}')
+        vae, (B, _, H, W) = self.vae, images.shape
+        vae.straight_through = hard
+        # Its KL is summed over the batch, positions and codes; ours (DALL-E's units) is β · (mean KL per position)
+        # / (3·8·8), one token's pixel-channels. Its weight is set so that the two terms are the same multiple of it.
+        vae.kl_div_loss_weight = kl_weight / (3 * 8 * 8 * B * (H // 8) * (W // 8))
+        seen = {}
+        hook = vae.encoder.register_forward_hook(lambda mod, inp, out: seen.update(logits=out))
+        try: loss, out = vae(images, return_loss=True, return_recons=True, temp=temperature)
+        finally: hook.remove()
+        tok_ids = seen['logits'].detach().argmax(1).flatten(1)                           # [B, N]
+        self.window_usage += torch.zeros_like(self.window_usage).index_add_(0, tok_ids.flatten(), torch.ones_like(tok_ids.flatten()))
+        with torch.no_grad():
+            rec_loss, kl = vae.loss_fn(vae.norm(images), out), kl_to_uniform(seen['logits'])
+        return dict(loss=loss, rec_loss=rec_loss, kl=kl, tok_ids=tok_ids)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        "Token ids `[B, N]` of images in [0, 1]: argmax of its encoder logits (its `get_codebook_indices`)."
+        return self.vae.get_codebook_indices(images)
+
+    @torch.no_grad()
+    def decode(self, tok_ids: torch.Tensor, grid: tuple | None = None) -> torch.Tensor:
+        "Images `[B, 3, 8h, 8w]` in [0, 1] from token ids (its decoder works on a square grid in its normalised pixels)."
+        h = math.isqrt(tok_ids.shape[1])
+        if grid is not None and tuple(grid) != (h, h) or h * h != tok_ids.shape[1]:
+            raise ValueError(f'tok_ids: dalle_pytorch decodes square grids only, got {tok_ids.shape[1]} tokens, grid {grid}')
+        mean, std = (torch.tensor(t[:3], device=tok_ids.device).view(1, 3, 1, 1) for t in self.vae.normalization)
+        return (self.vae.decode(tok_ids) * std + mean).clamp(0, 1)
+
+    def stats(self) -> dict:
+        from beitv2_lab.codebook import perplexity
+        u = self.window_usage
+        return dict(utilisation=100. * (u > 0).double().mean().item(), perplexity=perplexity(u), dead_codes=int((u == 0).sum()))
+
+    def reset_stats(self): self.window_usage.zero_()
+    def extra_state_dict(self) -> dict: return dict(usage=self.window_usage.clone())
+    def load_extra_state_dict(self, sd: dict): self.window_usage.copy_(sd['usage'])
+
+
+class DallePeerTask(DVAETask):
+    "BEiT v1's dVAE with `dalle_pytorch.DiscreteVAE` on our harness, data, schedules and evaluation (see the module docstring)."
+    name = 'dvae_dalle_pytorch'
+    def validate(self, cfg):
+        super().validate(cfg)
+        check(cfg.img_size & (cfg.img_size - 1) == 0, 'img_size', f'dalle_pytorch needs a power of 2, got {cfg.img_size}')
+        check(cfg.recon == 'logit_laplace', 'recon', f"the peer's loss is its own MSE; leave recon at 'logit_laplace' (ours'), got {cfg.recon!r}")
+
+    def build(self, cfg, device) -> Built:
+        from beitv2_lab.dvae import create_dvae
+        kw = dict(codebook_size=cfg.codebook_size) if cfg.codebook_size else {}
+        ours = create_dvae(cfg.model, img_size=cfg.img_size, recon=cfg.recon, **kw)     # sizes the peer, then dropped
+        return Built(model=DallePeerVAE(ours, cfg.img_size).to(device), ddp=dict(broadcast_buffers=False))
+
+    def features(self, built, images) -> torch.Tensor:
+        "The online k-NN's features: its encoder's logits averaged over positions `[B, K]`, as `DVAETask.features`."
+        return built.model.logits(images).float().mean((2, 3))
+
+    def finish(self, built, out_dir) -> dict:   # the weights are in the checkpoint; no tokenizer file (not our dVAE)
+        return evaluate_run(built.model, built.cfg) if built.cfg.eval_images else {}
+
+
 # -------------------------------------------------------------------------------------------------------- runner
 def dvae_peer_missing() -> str:
     "Why `dalle_pytorch` cannot be run here ('' when it imports), as benchmarks/dvae.py finds it."
@@ -297,6 +390,7 @@ def dvae_peer_missing() -> str:
 METHODS = {   # method -> (ours, the peer): (implementation name, Task class)
     'ibot': (('beitv2_lab', IBOTTask), ('lightly', LightlyIBOTTask)),
     'vqkd': (('beitv2_lab', VQKDTask), ('vector_quantize_pytorch', VQPeerTask)),
+    'dvae': (('beitv2_lab', DVAETask), ('dalle_pytorch', DallePeerTask)),
 }
 
 
@@ -319,6 +413,16 @@ def ibot_scores(task, cfg, bank: int) -> dict:
                 knn_queries=end['knn_queries'], knn_bank=end['knn_bank'])
 
 
+def dvae_scores(task, cfg, bank: int) -> dict:
+    "Held-out PSNR, the 8x8 patch-mean baseline, the paired gain (± s.e.) and code usage at the run's end (`Scorer`)."
+    from beitv2_lab.train import latest_checkpoint, load_checkpoint
+    scorer = Scorer('dvae', cfg, bank, task=task)
+    built = scorer.build()
+    load_checkpoint(latest_checkpoint(cfg.out_dir), built.model)
+    end = scorer.dvae(built)
+    return {k: end[k] for k in ('psnr', 'patch_mean_psnr', 'psnr_gain', 'psnr_gain_se', 'utilisation', 'psnr_images')}
+
+
 def one_run(method: str, impl: str, task, cfg, bank: int) -> dict:
     "Train `task` with `cfg` from scratch on the harness, then score it; the RESULT fields."
     from beitv2_lab.train import read_metrics, run
@@ -326,6 +430,7 @@ def one_run(method: str, impl: str, task, cfg, bank: int) -> dict:
     t = time.perf_counter(); run(task, cfg); wall = time.perf_counter() - t
     rows = read_metrics(cfg.out_dir)
     if method == 'ibot': scores = dict(**ibot_scores(task, cfg, bank), teacher_entropy_cls=mean_last(rows, 'teacher_entropy_cls'))
+    elif method == 'dvae': scores = dvae_scores(task, cfg, bank)
     else: scores = dict(cos=mean_last(rows, 'cos'), heldout_utilisation=heldout_utilisation(task, cfg))
     return dict(method=method, impl=impl, seed=cfg.seed, **scores, wall_s=wall, out_dir=cfg.out_dir)
 
@@ -335,6 +440,9 @@ def metrics_text(r: dict) -> str:
     if r['method'] == 'ibot':
         return (f"k-NN top-1 {r['knn_top1']:.1f} ± {r['knn_se']:.1f} % (init {r['knn_top1_init']:.1f} ± {r['knn_se_init']:.1f}; "
                 f"{r['knn_queries']} queries, bank {r['knn_bank']}), teacher CLS entropy {r['teacher_entropy_cls']:.2f} nats")
+    if r['method'] == 'dvae':
+        return (f"held-out PSNR {r['psnr']:.2f} dB, {r['psnr_gain']:+.2f} ± {r['psnr_gain_se']:.2f} dB over the 8x8 patch mean "
+                f"({r['patch_mean_psnr']:.2f} dB; {r['psnr_images']} images), held-out code usage {r['utilisation']:.1f} %")
     return f"cos to teacher {r['cos']:.3f}, held-out utilisation {r['heldout_utilisation']:.1f} %"
 
 
@@ -383,18 +491,16 @@ def parse_args(argv=None):
 
 def main(argv=None):
     a = parse_args(argv)
-    plan = [(m, s, configs(m, a.p, a.data, s, Path(a.out))) for m in a.methods if m in METHODS for s in a.seeds]
+    missing = dvae_peer_missing() if 'dvae' in a.methods else ''
+    trained = [m for m in a.methods if not (m == 'dvae' and missing)]
+    plan = [(m, s, configs(m, a.p, a.data, s, Path(a.out))) for m in trained for s in a.seeds]
     rows = []
     for method, seed, runs in plan:
         for impl, task, cfg in runs:
             res = one_run(method, impl, task, cfg, a.bank)
             print('RESULT', json.dumps(res), flush=True); rows.append(res)
-    if 'dvae' in a.methods:
-        missing = dvae_peer_missing()
-        na = (f'n/a (not installed: {missing.splitlines()[0]})' if missing else
-              'n/a (dalle_pytorch imports, but no peer task is written for it: benchmarks/dvae.py compares one training step)')
-        res = dict(method='dvae', impl='dalle_pytorch', seed=None, na=na)
-        print(f"{'dalle_pytorch':14s} {na}")
+    if missing:
+        res = dict(method='dvae', impl='dalle_pytorch', seed=None, na=f'n/a (not installed: {missing.splitlines()[0]})')
         print('RESULT', json.dumps(res), flush=True); rows.append(res)
     print('\n' + table(rows))
 

@@ -103,10 +103,42 @@ def test_bad_parameters_fail_before_training(tmp_path):
     assert not (tmp_path/'runs').exists(), 'nothing trained'
 
 
-def test_dvae_row_says_why_it_is_na(capsys):
+def test_dalle_peer_keeps_our_dvae_contract_and_trains(tmp_path):
+    from beitv2_lab.dvae import kl_to_uniform
+    from beitv2_lab.task_dvae import DVAETask
+    cfg = tiny_cfg('dvae', peers.DallePeerTask, tmp_path, img_size=32, eval_images=8)
+    torch.manual_seed(0)
+    ours, peer = DVAETask().build(cfg, torch.device('cpu')).model, peers.DallePeerTask().build(cfg, torch.device('cpu')).model
+    assert peer.codebook_size == ours.codebook_size and peer.vae.num_tokens == ours.codebook_size
+    n_ours, n_peer = (sum(p.numel() for p in m.parameters()) for m in (ours, peer))
+    assert abs(n_peer - n_ours) < 0.05 * n_ours, 'the same size'
+    x = torch.rand(3, 3, 32, 32)
+    res = peer(x, temperature=1.0, kl_weight=6.6)
+    assert res['tok_ids'].shape == (3, 16) and 0 <= int(res['tok_ids'].min()) and int(res['tok_ids'].max()) < peer.codebook_size
+    torch.testing.assert_close(res['tok_ids'], peer.encode(x), msg='training ids are the argmax of its logits')
+    kl = kl_to_uniform(peer.logits(x))
+    # its own KL term, weighted so that it is ours' beta * KL per position / 192 (DALL-E's units)
+    torch.testing.assert_close(res['loss'] - res['rec_loss'], 6.6 * kl / 192, rtol=1e-4, atol=1e-7)
+    rec = peer.decode(peer.encode(x))
+    assert rec.shape == x.shape and 0 <= rec.min() and rec.max() <= 1
+    assert peer.stats()['utilisation'] > 0 and int(peer.window_usage.sum()) == 3 * 16
+    with pytest.raises(ValueError, match='square grids'): peer.decode(peer.encode(x), grid=(2, 8))
+    run(peers.DallePeerTask(), cfg)
+    rows = read_metrics(cfg.out_dir)
+    assert [r['step'] for r in rows] == [1, 2, 3] and all(r['usage_in_sync'] for r in rows)
+    assert all(math.isfinite(r[k]) for r in rows for k in ('loss', 'rec_loss', 'kl', 'utilisation'))
+    res = peers.dvae_scores(peers.DallePeerTask(), cfg, bank=40)
+    assert res['psnr_images'] > 0 and 0 < res['utilisation'] <= 100
+    torch.testing.assert_close(res['psnr'] - res['patch_mean_psnr'], res['psnr_gain'], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match='img_size'):
+        peers.DallePeerTask().validate(dataclasses.replace(cfg, img_size=48))
+
+
+def test_dvae_row_says_why_it_is_na(capsys, monkeypatch):
+    monkeypatch.setattr(peers, 'dvae_peer_missing', lambda: "No module named 'dalle_pytorch': pip install --no-deps dalle-pytorch")
     peers.main(['dvae', '--seeds', '0'])
     out = capsys.readouterr().out
-    assert '| dvae | dalle_pytorch |' in out and 'n/a (' in out and 'RESULT {"method": "dvae"' in out
+    assert '| dvae | dalle_pytorch |' in out and 'n/a (not installed: ' in out and 'RESULT {"method": "dvae"' in out
 
 
 def test_lightly_ibot_batch_without_masked_patches_keeps_the_patch_centre(tmp_path):
