@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import math
 import os
 import tempfile
 import traceback
@@ -19,7 +20,8 @@ from torch.overrides import TorchFunctionMode
 
 # %% auto #0
 __all__ = ['KIND_KEY', 'exists', 'default', 'l2norm', 'atomic_path', 'save_tagged', 'read_header', 'load_tagged', 'cpu_flags',
-           'has_amx_bf16', 'keep_freed_memory', 'HostSyncs', 'trusted_inputs', 'value_checks', 'knn_eval']
+           'has_amx_bf16', 'keep_freed_memory', 'HostSyncs', 'trusted_inputs', 'value_checks', 'cosine_schedule',
+           'knn_eval']
 
 # %% ../nbs/00_core.ipynb #7c162c6f
 def exists(x) -> bool:
@@ -182,6 +184,21 @@ def trusted_inputs(trusted: bool = True):
 def value_checks() -> bool:
     "Whether checks that read tensor values should run (False inside `trusted_inputs()`)."
     return _value_checks
+
+# %% ../nbs/00_core.ipynb #b7e3f9a4
+def cosine_schedule(step: int,               # global optimizer step (0-based)
+                    base: float,             # value after warmup, at the start of the cosine
+                    final: float,            # value the cosine reaches at `steps`
+                    steps: int,              # schedule length (official: epochs × iterations per epoch)
+                    warmup_steps: int = 0,   # linear warmup from `start_warmup` to `base` first
+                    start_warmup: float = 0.,
+                   ) -> float:
+    "Entry `step` of the official `cosine_scheduler(base, final, ...)` array (unilm and iBOT `utils.py`): the lr, teacher momentum, weight decay."
+    if not 0 <= warmup_steps <= steps or steps < 1: raise ValueError(f'need 0 <= warmup_steps <= steps, steps >= 1; got {warmup_steps}, {steps}')
+    if step < warmup_steps: return start_warmup + (base - start_warmup) * step / max(warmup_steps - 1, 1)  # np.linspace
+    if step >= steps: return final
+    i, n = step - warmup_steps, steps - warmup_steps
+    return final + 0.5 * (base - final) * (1 + math.cos(math.pi * i / n))
 
 # %% ../nbs/00_core.ipynb #1176f701
 def _check_xy(feats, labels, name: str):

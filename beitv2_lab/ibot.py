@@ -19,32 +19,18 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 from torch.nn.utils.parametrizations import weight_norm
 
-from .core import default, exists, load_tagged, save_tagged, value_checks
+from .core import cosine_schedule, default, exists, load_tagged, save_tagged, value_checks
 from .distrib import all_reduce_mean
 from .masking import ibot_masks
 from .mim import BEiTv2, mask_selector
 from .tokenizer import tokenizer_header
 
 # %% auto #0
-__all__ = ['IBOT_VARIANTS', 'cosine_schedule', 'linear_warmup', 'IBOTHead', 'cancel_last_layer_grads', 'IBOTLoss', 'ema_update',
-           'ibot_init_', 'ibot_backbone', 'IBOTNet', 'IBOT', 'save_ibot_model', 'load_ibot_model', 'from_official_ibot',
+__all__ = ['IBOT_VARIANTS', 'linear_warmup', 'IBOTHead', 'cancel_last_layer_grads', 'IBOTLoss', 'ema_update', 'ibot_init_',
+           'ibot_backbone', 'IBOTNet', 'IBOT', 'save_ibot_model', 'load_ibot_model', 'from_official_ibot',
            'load_official_ibot', 'IBOTTokenizer', 'load_ibot_tokenizer']
 
 # %% ../nbs/21_ibot.ipynb #825439e0
-def cosine_schedule(step: int,               # global optimizer step (0-based)
-                    base: float,             # value after warmup, at the start of the cosine
-                    final: float,            # value the cosine reaches at `steps`
-                    steps: int,              # schedule length (official: epochs × iterations per epoch)
-                    warmup_steps: int = 0,   # linear warmup from `start_warmup` to `base` first
-                    start_warmup: float = 0.,
-                   ) -> float:
-    "Entry `step` of the official `cosine_scheduler(base, final, ...)` array: teacher momentum, weight decay, lr."
-    if not 0 <= warmup_steps <= steps or steps < 1: raise ValueError(f'need 0 <= warmup_steps <= steps, steps >= 1; got {warmup_steps}, {steps}')
-    if step < warmup_steps: return start_warmup + (base - start_warmup) * step / max(warmup_steps - 1, 1)  # np.linspace
-    if step >= steps: return final
-    i, n = step - warmup_steps, steps - warmup_steps
-    return final + 0.5 * (base - final) * (1 + math.cos(math.pi * i / n))
-
 def linear_warmup(step: int, start: float, end: float, warmup_steps: int) -> float:
     "`np.linspace(start, end, warmup_steps)[step]`, then `end`: the teacher temperature schedules."
     if step >= warmup_steps: return end

@@ -209,7 +209,8 @@ def step(self: IBOTTask, built: Built, batch: dict, step: int) -> dict:
 
 @patch
 def after_backward(self: IBOTTask, built: Built, step: int):
-    from beitv2_lab.ibot import cancel_last_layer_grads, cosine_schedule
+    from beitv2_lab.core import cosine_schedule
+    from beitv2_lab.ibot import cancel_last_layer_grads
     cfg, student = built.cfg, built.model.student
     cancel_last_layer_grads(student, step, cfg.freeze_last_layer)
     anchor = student.backbone.patch_embed.proj.weight                         # always decayed: marks the decayed group
@@ -224,7 +225,7 @@ def after_step(self: IBOTTask, built: Built, step: int):
 # %% ../nbs/36_task_ibot.ipynb #f98d7b79
 @patch
 def window_metrics(self: IBOTTask, built: Built, step: int) -> dict:
-    from beitv2_lab.ibot import cosine_schedule
+    from beitv2_lab.core import cosine_schedule
     cfg = built.cfg
     row = dict(**self.window.stats(), teacher_in_sync=teacher_in_sync(built.model),
                momentum=cosine_schedule(step - 1, cfg.momentum_teacher, 1., cfg.steps),

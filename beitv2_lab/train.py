@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from .core import atomic_path, has_amx_bf16, keep_freed_memory, knn_eval, load_tagged, save_tagged, trusted_inputs
+from .core import atomic_path, cosine_schedule, has_amx_bf16, keep_freed_memory, knn_eval, load_tagged, save_tagged, trusted_inputs
 from .distrib import (all_reduce_mean, cleanup, get_rank, get_world_size, init_distributed, is_dist, is_main, launch,
                                 gather, node_info, resolve_device, tensors_in_sync)
 
@@ -269,9 +269,7 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, beta
 
 def lr_at(step: int, lr: float, min_lr: float, warmup_steps: int, steps: int) -> float:
     "Entry `step` of the official `cosine_scheduler(lr, min_lr, ...)`: `np.linspace(0, lr, warmup_steps)`, then cosine to `min_lr` at `steps`."
-    if step < warmup_steps: return lr * step / max(warmup_steps - 1, 1)
-    t = (step - warmup_steps) / max(1, steps - warmup_steps)
-    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
+    return cosine_schedule(step, lr, min_lr, steps, warmup_steps)
 
 # %% ../nbs/31_train.ipynb #711ee542
 def clip_gradients(params,                # parameters; those without a gradient are skipped

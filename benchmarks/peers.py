@@ -263,7 +263,7 @@ class LightlyIBOTTask(IBOTTask):
                     teacher_temp=t_cls, patch_teacher_temp=t_patch)
 
     def after_backward(self, built, step):
-        from beitv2_lab.ibot import cosine_schedule
+        from beitv2_lab.core import cosine_schedule
         cfg, student = built.cfg, built.model.student
         student.head.cancel_last_layer_gradients(step)                                # lightly's freeze, counted in steps
         anchor = student.backbone.vit.patch_embed.proj.weight                         # always decayed: marks the decayed group
@@ -273,11 +273,11 @@ class LightlyIBOTTask(IBOTTask):
 
     def after_step(self, built, step):
         from lightly.models.utils import update_momentum
-        from beitv2_lab.ibot import cosine_schedule
+        from beitv2_lab.core import cosine_schedule
         update_momentum(built.model.student, built.model.teacher, cosine_schedule(step, built.cfg.momentum_teacher, 1., built.cfg.steps))
 
     def window_metrics(self, built, step) -> dict:
-        from beitv2_lab.ibot import cosine_schedule
+        from beitv2_lab.core import cosine_schedule
         cfg, m = built.cfg, built.model
         total, n = self.window.tolist()
         row = dict(teacher_entropy_cls=total / max(n, 1.),
