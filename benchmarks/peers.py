@@ -42,7 +42,7 @@ Where a peer differs from ours, and why (everything else is ours' value of the s
   mask_prob 0.5: p = 2^-(n_global x batch)) would make its patch centre NaN; the centre is kept for such a batch.
 - dalle_pytorch DiscreteVAE: its own architecture (stride-2 convs of one width, resblocks at the lowest resolution
   only, `num_resnet_blocks=2` as its train_vae.py), its own normalisation of the pixels and its own loss, MSE (ours:
-  DALL-E's logit-Laplace); the Gumbel temperature (`temp`), the straight-through switch (`hard`) and the KL weight
+  DALL-E's logit-Laplace; `recon` sets ours' only); the Gumbel temperature (`temp`), the straight-through switch (`hard`) and the KL weight
   follow ours' schedules. Its KL term is summed over the batch, positions and codes; ours is β times the mean KL per
   position over one token's 3x8x8 pixel-channels (DALL-E's units), so its weight is set each step to
   β / (192 · batch · positions): the same multiple of the KL per position as ours (a test checks it).
@@ -364,7 +364,6 @@ class DallePeerTask(DVAETask):
     def validate(self, cfg):
         super().validate(cfg)
         check(cfg.img_size & (cfg.img_size - 1) == 0, 'img_size', f'dalle_pytorch needs a power of 2, got {cfg.img_size}')
-        check(cfg.recon == 'logit_laplace', 'recon', f"the peer's loss is its own MSE; leave recon at 'logit_laplace' (ours'), got {cfg.recon!r}")
 
     def build(self, cfg, device) -> Built:
         from beitv2_lab.dvae import create_dvae
