@@ -78,7 +78,14 @@ from beitv2_lab.train import Built, check, steps_per_epoch  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------- VQ-KD peer
-class VQPeerQuantizer(nn.Module):
+class UsageWindow:
+    "The usage window of our quantizers' contract for a peer module with a `window_usage` [K] buffer: reset, and resume state."
+    def reset_stats(self): self.window_usage.zero_()
+    def extra_state_dict(self) -> dict: return dict(usage=self.window_usage.clone())
+    def load_extra_state_dict(self, sd: dict): self.window_usage.copy_(sd['usage'])
+
+
+class VQPeerQuantizer(UsageWindow, nn.Module):
     """`vector_quantize_pytorch.VectorQuantize` behind `NormEMAVectorQuantizer`'s contract: `z [..., C]` →
     `(z_q [..., C] fp32, loss [], tok_ids [...] long)`, straight-through gradient, `stats()` / `reset_stats()`."""
     def __init__(self,
@@ -121,9 +128,6 @@ class VQPeerQuantizer(nn.Module):
         return dict(utilisation=100. * (u > 0).double().mean().item(), perplexity=perplexity(u),
                     dead_codes=int((size < self.dead_code_threshold).sum()))
 
-    def reset_stats(self): self.window_usage.zero_()
-    def extra_state_dict(self) -> dict: return dict(usage=self.window_usage.clone())
-    def load_extra_state_dict(self, sd: dict): self.window_usage.copy_(sd['usage'])
 
 
 class VQPeerTask(VQKDTask):
@@ -299,7 +303,7 @@ class LightlyIBOTTask(IBOTTask):
 
 
 # ----------------------------------------------------------------------------------------------------- dVAE peer
-class DallePeerVAE(nn.Module):
+class DallePeerVAE(UsageWindow, nn.Module):
     """`dalle_pytorch.DiscreteVAE` behind our `DiscreteVAE`'s contract: the training forward
     `(images in [0, 1], hard, temperature, kl_weight) -> dict(loss, rec_loss, kl, tok_ids)`, `encode` / `decode` in
     [0, 1] pixels, `codebook_size` and the usage window (`stats`, `reset_stats`, `window_usage`)."""
@@ -353,9 +357,6 @@ class DallePeerVAE(nn.Module):
         u = self.window_usage
         return dict(utilisation=100. * (u > 0).double().mean().item(), perplexity=perplexity(u), dead_codes=int((u == 0).sum()))
 
-    def reset_stats(self): self.window_usage.zero_()
-    def extra_state_dict(self) -> dict: return dict(usage=self.window_usage.clone())
-    def load_extra_state_dict(self, sd: dict): self.window_usage.copy_(sd['usage'])
 
 
 class DallePeerTask(DVAETask):
