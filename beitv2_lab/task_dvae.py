@@ -17,7 +17,7 @@ from .codebook import perplexity
 from .distrib import get_world_size, is_dist, tensors_in_sync
 from .dvae import DVAE_VARIANTS, create_dvae, kl_weight_at, temperature_at
 from .report import eval_dataset, image_psnr, patch_mean_images
-from .train import Built, RunConfig, Task, build_dataset, check, validate_common
+from .train import Built, RunConfig, Task, build_dataset, check, resolve_schedules, validate_common
 
 # %% auto #0
 __all__ = ['DVAEConfig', 'validate_dvae', 'dvae_schedules', 'dvae_dataset', 'usage_in_sync', 'DVAETask', 'evaluate_dvae',
@@ -27,6 +27,7 @@ __all__ = ['DVAEConfig', 'validate_dvae', 'dvae_schedules', 'dvae_dataset', 'usa
 @dataclass
 class DVAEConfig(RunConfig):
     "A discrete VAE run (`nbs/train_dvae.ipynb`); shared fields and their comments: `RunConfig`."
+    schedule_fields = ('warmup_steps', 'temperature_steps', 'kl_warmup_steps')   # whole steps or fractions of the run
     model: str = 'dvae_tiny'             # dVAE variant (beitv2_lab.dvae.list_dvae()): dvae_official (DALL-E's), dvae_small, dvae_tiny
     img_size: int = 64                   # input resolution (multiple of 8; token grid img_size/8); BEiT v1: 112 for a 224 backbone
     codebook_size: int = 0               # K, the vocabulary (0: the variant's: 8192, or 1024 for dvae_tiny)
@@ -34,17 +35,17 @@ class DVAEConfig(RunConfig):
     hard: bool = False                   # straight-through Gumbel-softmax (one-hot forward, soft gradient); DALL-E: False
     temperature_start: float = 1.0       # Gumbel-softmax temperature at step 0 (DALL-E: 1)
     temperature_end: float = 0.0625      # temperature after the annealing (DALL-E: 1/16)
-    temperature_steps: int = 200         # annealing steps (DALL-E: 150 000; here half the run, as the learning curves)
+    temperature_steps: float = 0.5       # annealing length, steps or a fraction of the run (DALL-E: all 150 000 updates; here half the run, as the learning curves)
     temperature_mode: str = 'cosine'     # annealing curve: 'cosine' or 'exp' (geometric)
     kl_weight: float = 6.6               # KL weight beta after the warmup (DALL-E: 6.6)
-    kl_warmup_steps: int = 40            # warmup of beta from 0 (DALL-E: 5000; here a tenth of the run, as the learning curves)
+    kl_warmup_steps: float = 0.1         # warmup of beta from 0, steps or a fraction of the run (DALL-E: 5000 of 150 000; here a tenth, as the learning curves)
     kl_warmup_mode: str = 'cosine'       # shape of that warmup: 'cosine' (DALL-E appendix A.2) or 'linear'
     min_crop_scale: float = 0.25         # smallest random crop of an image folder (area fraction); the embedded photos are crops already
     eval_images: int = 256               # images reconstructed at the end for PSNR and code usage (the 'holdout' part when split 'train'; 0: none)
     steps: int = 400                     # optimizer steps
     batch_size: int = 32                 # images per step per process
     lr: float = 1e-3                     # peak learning rate
-    warmup_steps: int = 20               # linear warmup steps
+    warmup_steps: float = 0.05           # linear lr warmup, steps or a fraction of the run
     ckpt_every: int = 100                # checkpoint every N steps (and always at the end)
     log_every: int = 20                  # metrics every N steps (the usage statistics are over this window)
     out_dir: str = 'runs/dvae'           # checkpoints, metrics.jsonl, tensorboard, dvae.safetensors
@@ -71,6 +72,8 @@ def validate_dvae(cfg: DVAEConfig) -> DVAEConfig:
 # %% ../nbs/35_task_dvae.ipynb #1d545498
 def dvae_schedules(cfg: DVAEConfig, step: int) -> dict:
     "The Gumbel-softmax temperature and the KL weight at optimizer step `step`."
+    cfg = resolve_schedules(cfg)
+    cfg = resolve_schedules(cfg)                                   # fractions of the run -> steps (a no-op on a run's config)
     return dict(temperature=temperature_at(step, cfg.temperature_start, cfg.temperature_end, cfg.temperature_steps, cfg.temperature_mode),
                 kl_weight=kl_weight_at(step, cfg.kl_weight, cfg.kl_warmup_steps, cfg.kl_warmup_mode))
 

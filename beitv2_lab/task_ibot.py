@@ -17,7 +17,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from .distrib import all_reduce_sum, get_world_size, tensors_in_sync
 from .masking import MaskGenerator
 from .task_mim import WithMasks
-from .train import Built, RunConfig, Task, build_dataset, check, steps_per_epoch, validate_common
+from .train import Built, RunConfig, Task, build_dataset, check, resolve_schedules, steps_per_epoch, validate_common
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ __all__ = ['log', 'IBOTConfig', 'ibot_peak_lr', 'validate_ibot', 'CropMasks', 'i
 @dataclass
 class IBOTConfig(RunConfig):
     "An iBOT run (`nbs/pretrain_ibot.ipynb`); shared fields and their comments: `RunConfig`."
+    schedule_fields = ('warmup_steps', 'teacher_temp_warmup_steps', 'freeze_last_layer')   # whole steps or fractions of the run
     model: str = 'ibot_vit_tiny_d6_patch16_224'  # backbone variant (beitv2_lab.ibot.IBOT_VARIANTS); tiny_d6 has the size of the MIM default
     global_size: int = 64                # side of the global crops (teacher and masked student views; the tokenizer's img_size)
     local_size: int = 32                 # side of the local crops (student only); multiple of the patch size 16
@@ -43,13 +44,13 @@ class IBOTConfig(RunConfig):
     bottleneck_dim: int = 256            # the head's l2-normalised bottleneck
     shared_head: bool = True             # one last layer for CLS and patch tokens (the recipes)
     norm_last_layer: bool = True         # fix the norm g of every prototype at 1 (stabler; the ViT-S/B recipes train it)
-    freeze_last_layer: int = 2           # steps during which the prototypes are not updated (official: 1 epoch)
+    freeze_last_layer: float = 2         # steps (or a fraction of the run) during which the prototypes are not updated (official: 1 epoch)
     momentum_teacher: float = 0.996      # teacher EMA momentum at step 0, cosine to 1 at the last step
     warmup_teacher_temp: float = 0.04    # teacher CLS temperature at step 0
     teacher_temp: float = 0.04           # teacher CLS temperature after the warmup (official ViT-S/B: 0.07; 0.04 held for short runs)
     warmup_patch_temp: float = 0.04      # teacher patch temperature at step 0
     patch_temp: float = 0.04             # teacher patch temperature after the warmup (official: 0.07; 0.04 held for short runs)
-    teacher_temp_warmup_steps: int = 6   # linear warmup of both teacher temperatures (official: 30 of 800 epochs; whole epochs of it with teacher_temp_schedule 'epoch')
+    teacher_temp_warmup_steps: float = 0.1  # linear warmup of both teacher temperatures, steps or a fraction of the run (official: 30 of 800 epochs; whole epochs of it with teacher_temp_schedule 'epoch')
     teacher_temp_schedule: str = 'step'  # 'step': the temperatures move every step (a run shorter than an epoch still warms up); 'epoch': the official staircase, one value per epoch of len(dataset) // world size // batch_size steps
     student_temp: float = 0.1            # student temperature
     center_momentum: float = 0.9         # EMA momentum of the CLS and patch centres
@@ -65,7 +66,7 @@ class IBOTConfig(RunConfig):
     lr: float = 5e-4                     # peak learning rate (see above; times batch_size x world size / 256 with lr_scale_batch)
     lr_scale_batch: bool = False         # the official linear scaling rule for the peak lr (off: lr is the peak itself, as in every other task, so runs compare at one lr)
     min_lr: float = 1e-6                 # final learning rate of the cosine schedule
-    warmup_steps: int = 6                # linear lr warmup steps, from 0 (official: 10 epochs)
+    warmup_steps: float = 0.1            # linear lr warmup from 0, steps or a fraction of the run (official ViT-S/16: 10 of 800 epochs)
     weight_decay: float = 0.04           # AdamW weight decay at step 0 (cosine to weight_decay_end; on every tensor of 2 or more dims, tokens and position table too, as the official groups)
     weight_decay_end: float = 0.4        # weight decay at the last step
     beta2: float = 0.999                 # AdamW beta2 (beta1 is 0.9; official 0.999)
@@ -183,6 +184,7 @@ class IBOTTask(Task):
 
     def build(self, cfg, device) -> Built:
         from beitv2_lab.ibot import IBOT, ibot_backbone
+        cfg = resolve_schedules(cfg)                   # fractions of the run -> steps (a no-op on a run's config)
         self.data = ibot_dataset(cfg)
         epoch = steps_per_epoch(self.data, cfg.batch_size, get_world_size()) if cfg.teacher_temp_schedule == 'epoch' else 0
         backbone = ibot_backbone(cfg.model, init=cfg.init, img_size=cfg.global_size, drop_path_rate=cfg.drop_path_rate)

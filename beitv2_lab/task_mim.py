@@ -40,7 +40,7 @@ class MIMConfig(RunConfig):
     drop_path_rate: float = 0.           # stochastic depth of the student (BEiT v2 300 ep: 0; BEiT v1: 0.1)
     steps: int = 150                     # optimizer steps
     lr: float = 3e-4                     # peak learning rate (official 1.5e-3 at batch 2048; see above for scaling)
-    warmup_steps: int = 15               # linear warmup steps
+    warmup_steps: float = 0.1            # linear lr warmup, steps or a fraction of the run
     weight_decay: float = 0.05           # AdamW weight decay (not on biases, norms, layer scales, cls_token, pos_embed: unilm's list)
     beta2: float = 0.98                  # AdamW beta2 (beta1: 0.9)
     ckpt_every: int = 50                 # checkpoint every N steps (and always at the end)

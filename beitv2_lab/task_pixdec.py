@@ -137,7 +137,7 @@ class PixDecConfig(RunConfig):
     steps: int = 600                     # optimizer steps
     batch_size: int = 8                  # images per step per process
     lr: float = 1e-3                     # peak learning rate
-    warmup_steps: int = 30               # linear warmup steps
+    warmup_steps: float = 0.05           # linear lr warmup, steps or a fraction of the run
     ckpt_every: int = 200                # checkpoint every N steps (and always at the end)
     log_every: int = 20                  # metrics every N steps
     out_dir: str = 'runs/pixdec'         # checkpoints, metrics.jsonl, tensorboard, pixel_decoder.safetensors

@@ -30,19 +30,20 @@ from .distrib import (all_reduce_mean, cleanup, get_rank, get_world_size, init_d
 log = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['log', 'DATA_KEYS', 'AUTO_COMPILE_STEPS', 'RunConfig', 'check', 'validate_common', 'config_from', 'StreamSampler',
-           'Seeded', 'make_loader', 'is_shard_index', 'build_dataset', 'Batches', 'sample_items', 'to_device',
-           'steps_per_epoch', 'build_optimizer', 'lr_at', 'clip_gradients', 'rng_state', 'set_rng_state',
-           'gather_rng_states', 'optimizer_tensors', 'load_optimizer_state', 'save_checkpoint', 'latest_checkpoint',
-           'load_checkpoint', 'MetricsLogger', 'read_metrics', 'resolve_resume', 'check_resume_config', 'resume',
-           'resolve_precision', 'autocast_ctx', 'weights_in_sync', 'Built', 'Task', 'KNNSplit', 'knn_halves',
-           'knn_dataset', 'knn_split', 'online_knn', 'knn_due', 'knn_setup', 'resolve_compile', 'NonFiniteWatch', 'fit',
-           'job_worker', 'run', 'describe_summary']
+__all__ = ['log', 'DATA_KEYS', 'AUTO_COMPILE_STEPS', 'RunConfig', 'schedule_steps', 'resolve_schedules', 'check',
+           'validate_common', 'config_from', 'StreamSampler', 'Seeded', 'make_loader', 'is_shard_index',
+           'build_dataset', 'Batches', 'sample_items', 'to_device', 'steps_per_epoch', 'build_optimizer', 'lr_at',
+           'clip_gradients', 'rng_state', 'set_rng_state', 'gather_rng_states', 'optimizer_tensors',
+           'load_optimizer_state', 'save_checkpoint', 'latest_checkpoint', 'load_checkpoint', 'MetricsLogger',
+           'read_metrics', 'resolve_resume', 'check_resume_config', 'resume', 'resolve_precision', 'autocast_ctx',
+           'weights_in_sync', 'Built', 'Task', 'KNNSplit', 'knn_halves', 'knn_dataset', 'knn_split', 'online_knn',
+           'knn_due', 'knn_setup', 'resolve_compile', 'NonFiniteWatch', 'fit', 'job_worker', 'run', 'describe_summary']
 
 # %% ../nbs/31_train.ipynb #47e8b61e
 @dataclass
 class RunConfig:
     "Fields every training run shares: data, schedule, hardware, output. Task configs extend it and set their own defaults."
+    schedule_fields = ('warmup_steps',)  # schedule lengths: whole steps (an int) or a fraction of the run (a float in [0, 1]); see `resolve_schedules`
     data_path: str = 'embedded'          # image folder (class subfolders or flat), or 'embedded': photos shipped with installed packages
     n_embedded: int = 4096               # samples per epoch when data_path 'embedded'
     split: str = 'all'                   # part of an image folder to use: 'all', or 'train' / 'holdout' of a deterministic hash split
@@ -53,7 +54,7 @@ class RunConfig:
     batch_size: int = 32                 # images per step per process
     lr: float = 2e-4                     # peak learning rate
     min_lr: float = 1e-5                 # final learning rate of the cosine schedule
-    warmup_steps: int = 26               # linear warmup steps
+    warmup_steps: float = 0.1            # linear warmup: whole steps (an int) or a fraction of the run (a float in [0, 1])
     weight_decay: float = 1e-4           # AdamW weight decay (not on biases, 1-D parameters and the model's no_weight_decay() names)
     beta2: float = 0.99                  # AdamW beta2 (beta1: 0.9)
     clip_grad: float = 3.0               # max gradient norm (0: no clipping)
@@ -78,6 +79,26 @@ class RunConfig:
     seed: int = 0                        # seed of model init, data order and augmentation
     progress: bool = True                # show a progress bar
 
+# %% ../nbs/31_train.ipynb #e870bed9
+def schedule_steps(value,               # whole steps (an int), or a fraction of the run (a float in [0, 1])
+                   steps: int,          # the run's optimizer steps
+                   name: str = 'schedule',  # the config field, for the error
+                  ) -> int:
+    "A schedule length in steps: an `int` as it is, a fraction `f` of the run as `round(f * steps)`."
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f'{name}: must be whole steps (an int) or a fraction of the run (a float in [0, 1]), got {value!r}')
+    if isinstance(value, int): return value
+    if 0 <= value <= 1: return round(value * steps)
+    if math.isfinite(value) and value > 1 and value.is_integer(): return int(value)     # e.g. 150.0 from a float-typed override
+    raise ValueError(f'{name}: {value} is neither whole steps nor a fraction of the run in [0, 1]; '
+                     f'give an int (steps) or a float in [0, 1] (of steps={steps})')
+
+def resolve_schedules(cfg):
+    "`cfg` with every field in `cfg.schedule_fields` in whole steps (a copy; a config already in steps is returned as is)."
+    steps = {k: schedule_steps(getattr(cfg, k), cfg.steps, k) for k in cfg.schedule_fields}
+    if all(type(getattr(cfg, k)) is int for k in steps): return cfg
+    return dataclasses.replace(cfg, **steps)
+
 # %% ../nbs/31_train.ipynb #fe00041e
 def check(ok: bool, name: str, msg: str):
     "Raise `ValueError('name: msg')` unless `ok`."
@@ -89,7 +110,8 @@ def validate_common(cfg: RunConfig) -> RunConfig:
         check(getattr(cfg, k) >= 1, k, f'must be >= 1, got {getattr(cfg, k)}')
     check(cfg.lr > 0 and math.isfinite(cfg.lr), 'lr', f'must be a positive number, got {cfg.lr}')
     check(0 <= cfg.min_lr <= cfg.lr, 'min_lr', f'must be in [0, lr={cfg.lr}], got {cfg.min_lr}')
-    check(0 <= cfg.warmup_steps <= cfg.steps, 'warmup_steps', f'must be in [0, steps={cfg.steps}], got {cfg.warmup_steps}')
+    for k in cfg.schedule_fields: schedule_steps(getattr(cfg, k), cfg.steps, k)
+    check(0 <= schedule_steps(cfg.warmup_steps, cfg.steps) <= cfg.steps, 'warmup_steps', f'must be in [0, steps={cfg.steps}], got {cfg.warmup_steps}')
     check(cfg.weight_decay >= 0, 'weight_decay', f'must be >= 0, got {cfg.weight_decay}')
     check(cfg.clip_grad >= 0, 'clip_grad', f'must be >= 0, got {cfg.clip_grad}')
     check(cfg.clip_mode in ('global', 'per_param'), 'clip_mode', f"must be 'global' or 'per_param', got {cfg.clip_mode!r}")
@@ -632,6 +654,7 @@ def _train_step(task: Task, built: Built, cfg, batch: dict, step: int, precision
 def fit(task: Task, cfg) -> dict:
     "Train `task` with `cfg` in this process; returns the run's summary (the same on every rank)."
     from beitv2_lab.data import SkipCounter
+    cfg = resolve_schedules(cfg)
     device, out, world = resolve_device(cfg.device), Path(cfg.out_dir), get_world_size()
     precision = resolve_precision(cfg.precision, device)
     heap = device.type == 'cpu' and keep_freed_memory()          # large activations reuse freed pages (core.keep_freed_memory)
@@ -695,6 +718,7 @@ def run(task: Task,                 # the method, e.g. `VQKDTask()`
     cfg = dataclasses.replace(cfg or task.Config(), **overrides)
     if not isinstance(cfg, task.Config): raise TypeError(f'{type(task).__name__} takes a {task.Config.__name__}, got a {type(cfg).__name__}')
     task.validate(cfg)
+    cfg = resolve_schedules(cfg)    # fractions of the run -> steps, once: the workers and checkpoints see steps
     return launch(job_worker, task, cfg, nproc_per_node=cfg.nproc_per_node, nnodes=cfg.nnodes,
                   rdzv_endpoint=cfg.rdzv_endpoint, run_id=cfg.run_id, max_restarts=cfg.max_restarts)
 

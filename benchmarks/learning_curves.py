@@ -53,6 +53,7 @@ def parse_value(cls, name: str, text: str):
     if name not in fields: raise SystemExit(f'{name}: not a field of {cls.__name__}')
     default = fields[name].default
     if isinstance(default, bool): return text.lower() in ('1', 'true', 'yes')
+    if name in cls.schedule_fields: return int(text) if text.strip().lstrip('+-').isdigit() else float(text)   # steps or a fraction
     return type(default)(text) if isinstance(default, (int, float)) else text
 
 
@@ -61,7 +62,8 @@ class Scorer:
     def __init__(self, name: str, cfg, bank: int, task=None):
         "`task`: the Task whose `build` and `features` are scored (default: the method's own; a peer task of it)."
         from beitv2_lab.evaluate import eval_datasets
-        self.name, self.cfg = name, cfg
+        from beitv2_lab.train import resolve_schedules
+        self.name, self.cfg = name, resolve_schedules(cfg)        # as `run` does: the built model sees steps
         self.task = task or method(name)[0]()
         size = self.task.feature_size(cfg)
         self.train, self.test = eval_datasets(cfg.data_path, img_size=size, holdout=cfg.holdout)

@@ -456,6 +456,7 @@ def table(rows: list) -> str:
 
 def configs(method: str, pairs: list, data: str, seed: int, out: Path) -> list:
     "`(impl, task, cfg)` of ours and the peer for one seed, every config validated (a bad override fails before any training)."
+    from beitv2_lab.train import resolve_schedules
     field_names = {f.name for f in dataclasses.fields(METHODS[method][0][1].Config)}
     fixed = {k: parse_value(METHODS[method][0][1].Config, k, v) for k, v in pairs if k in field_names}
     res = []
@@ -464,6 +465,7 @@ def configs(method: str, pairs: list, data: str, seed: int, out: Path) -> list:
         cfg = task.Config(**{'data_path': data, 'split': 'train', **fixed, 'seed': seed, 'progress': False,
                              'out_dir': str(out/f'{method}_{impl}_seed{seed}')})
         task.validate(cfg)
+        cfg = resolve_schedules(cfg)                    # fractions of the run -> steps, as `run` does
         res.append((impl, task, cfg))
     return res
 
