@@ -60,6 +60,7 @@ import math
 import shutil
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -149,6 +150,32 @@ class VQPeerTask(VQKDTask):
         return row
 
     def finish(self, built, out_dir) -> dict: return {}  # the weights are in the checkpoint; no tokenizer file (not our quantizer)
+
+
+@torch.no_grad()
+def running_mean_ema_update(q, st: torch.Tensor):
+    """`NormEMAVectorQuantizer._ema_update` with `vector_quantize_pytorch`'s cosine-codebook rule: each code is
+    l2norm(EMA of its vector sums / its Laplace-smoothed EMA count), a count-weighted running mean, where the official
+    VQ-KD rule is w <- l2norm(g w + (1 - g) l2norm(batch sum)) for the codes the batch used."""
+    from beitv2_lab.core import l2norm
+    sums, counts, g, e = st[:, :-1], st[:, -1], q.decay, q.embedding
+    q.cluster_size.mul_(g).add_(counts, alpha=1 - g)
+    e.cluster_size.mul_(g).add_(counts, alpha=1 - g)
+    e.embed_avg.mul_(g).add_(sums, alpha=1 - g)
+    n = e.cluster_size.sum()
+    size = (e.cluster_size + q.eps) / (n + q.codebook_size * q.eps) * n          # its laplace_smoothing, times the total
+    e.weight.copy_(l2norm(e.embed_avg / size[:, None], eps=q.eps))
+
+
+class RunningMeanEMATask(VQKDTask):
+    """An ablation, not a peer: ours with the peer's codebook EMA rule (`running_mean_ema_update`) and nothing else
+    changed (ours' k-means init, dead-code restarts, encoder, decoder, teacher): does the EMA rule explain the gap?"""
+    name = 'vqkd_running_mean_ema'
+    def build(self, cfg, device) -> Built:
+        built = super().build(cfg, device)
+        q = built.model.quantize
+        q._ema_update = types.MethodType(running_mean_ema_update, q)
+        return built
 
 
 class QuantizerCodes:
@@ -392,6 +419,9 @@ METHODS = {   # method -> (ours, the peer): (implementation name, Task class)
     'vqkd': (('beitv2_lab', VQKDTask), ('vector_quantize_pytorch', VQPeerTask)),
     'dvae': (('beitv2_lab', DVAETask), ('dalle_pytorch', DallePeerTask)),
 }
+ABLATIONS = {  # method -> ours with one part of the peer's (run only when named in --impls)
+    'vqkd': (('beitv2_lab_running_mean_ema', RunningMeanEMATask),),
+}
 
 
 def mean_last(rows: list, key: str, n: int = 3) -> float:
@@ -454,13 +484,15 @@ def table(rows: list) -> str:
     return '\n'.join(lines)
 
 
-def configs(method: str, pairs: list, data: str, seed: int, out: Path) -> list:
-    "`(impl, task, cfg)` of ours and the peer for one seed, every config validated (a bad override fails before any training)."
+def configs(method: str, pairs: list, data: str, seed: int, out: Path, impls: list | None = None) -> list:
+    "`(impl, task, cfg)` of ours and the peer (or of `impls`) for one seed, every config validated (a bad override fails before any training)."
     from beitv2_lab.train import resolve_schedules
     field_names = {f.name for f in dataclasses.fields(METHODS[method][0][1].Config)}
     fixed = {k: parse_value(METHODS[method][0][1].Config, k, v) for k, v in pairs if k in field_names}
     res = []
-    for impl, task_cls in METHODS[method]:
+    chosen = impls or [i for i, _ in METHODS[method]]
+    for impl, task_cls in METHODS[method] + ABLATIONS.get(method, ()):
+        if impl not in chosen: continue
         task = task_cls()
         cfg = task.Config(**{'data_path': data, 'split': 'train', **fixed, 'seed': seed, 'progress': False,
                              'out_dir': str(out/f'{method}_{impl}_seed{seed}')})
@@ -479,11 +511,16 @@ def parse_args(argv=None):
     p.add_argument('--data', default=str(IMAGENETTE), help='image folder with class subfolders (its train part trains)')
     p.add_argument('--bank', type=int, default=2000, help='iBOT k-NN bank: at most this many train-part images (0: all)')
     p.add_argument('--out', default='runs/peers', help='run folders go here')
+    p.add_argument('--impls', default='', help='comma-separated implementations to train (default: ours and the peer); '
+                   'ablations: ' + ', '.join(i for v in ABLATIONS.values() for i, _ in v))
     a = p.parse_args(argv)
     try: a.seeds = [int(s) for s in a.seeds.split(',')]
     except ValueError: p.error(f'--seeds: comma-separated integers, e.g. 0,1; got {a.seeds!r}')
     if a.bank < 0: p.error(f'--bank: must be >= 0 (0: the whole train part), got {a.bank}')
     a.methods = ['ibot', 'vqkd', 'dvae'] if a.method == 'all' else [a.method]
+    a.impls = [i for i in a.impls.split(',') if i] or None
+    known = {i for m in a.methods for i, _ in METHODS[m] + ABLATIONS.get(m, ())}
+    if a.impls and set(a.impls) - known: p.error(f'--impls: unknown {sorted(set(a.impls) - known)}; choose from {sorted(known)}')
     trained = [m for m in a.methods if m in METHODS]
     for k, _ in a.p:
         if trained and not any(k in {f.name for f in dataclasses.fields(METHODS[m][0][1].Config)} for m in trained):
@@ -495,7 +532,7 @@ def main(argv=None):
     a = parse_args(argv)
     missing = dvae_peer_missing() if 'dvae' in a.methods else ''
     trained = [m for m in a.methods if not (m == 'dvae' and missing)]
-    plan = [(m, s, configs(m, a.p, a.data, s, Path(a.out))) for m in trained for s in a.seeds]
+    plan = [(m, s, configs(m, a.p, a.data, s, Path(a.out), a.impls)) for m in trained for s in a.seeds]
     rows = []
     for method, seed, runs in plan:
         for impl, task, cfg in runs:
