@@ -120,6 +120,8 @@ class NormEMAVectorQuantizer(nn.Module):
                  dead_code_threshold: float = 1e-3, # a code whose EMA count `cluster_size` falls below this is dead
                  restart_dead_codes: bool = True,  # replace dead codes by encoder outputs of the current batch
                  restart_grace: int = 0,           # steps a revived code survives without winning a vector (0: it must win at once)
+                 ema_rule: str = 'vqkd',           # code update: 'vqkd' (official: w ← l2norm(γ·w + (1-γ)·batch mean), used codes)
+                                                   # or 'running_mean' (vector_quantize_pytorch's: l2norm(EMA sums / smoothed EMA counts))
                  sync: bool = False,               # all-reduce statistics across DDP ranks (read at every call)
                  chunk_size: int = 512,            # rows of the [N, K] similarity matrix held at once
                 ):
@@ -132,6 +134,8 @@ class NormEMAVectorQuantizer(nn.Module):
         if kmeans_init and kmeans_iters < 1: raise ValueError(f'kmeans_iters must be >= 1, got {kmeans_iters!r}')
         if dead_code_threshold < 0: raise ValueError(f'dead_code_threshold must be >= 0, got {dead_code_threshold!r}')
         if int(restart_grace) != restart_grace or restart_grace < 0: raise ValueError(f'restart_grace must be an integer >= 0, got {restart_grace!r}')
+        if ema_rule not in ('vqkd', 'running_mean'): raise ValueError(f"ema_rule must be 'vqkd' or 'running_mean', got {ema_rule!r}")
+        self.ema_rule = ema_rule
         self.codebook_size, self.code_dim, self.beta, self.decay, self.eps = codebook_size, code_dim, beta, decay, eps
         self.kmeans_iters, self.dead_code_threshold = kmeans_iters, dead_code_threshold
         self.restart_dead_codes, self.restart_grace, self.sync, self.chunk_size = restart_dead_codes, int(restart_grace), sync, chunk_size
@@ -153,6 +157,10 @@ def _ema_update(self: NormEMAVectorQuantizer, st: torch.Tensor):
     self.cluster_size.mul_(g).add_(counts, alpha=1 - g)
     e.cluster_size.mul_(g).add_(counts, alpha=1 - g)
     e.embed_avg.mul_(g).add_(sums, alpha=1 - g)
+    if self.ema_rule == 'running_mean':                                               # every code: a count-weighted mean
+        n = e.cluster_size.sum()
+        size = (e.cluster_size + self.eps) / (n + self.codebook_size * self.eps) * n   # Laplace-smoothed counts
+        e.weight.copy_(l2norm(e.embed_avg / size[:, None], eps=self.eps)); return
     new = l2norm(g * e.weight + (1 - g) * l2norm(sums, eps=self.eps), eps=self.eps)  # w ← l2norm(γ·w + (1-γ)·mean)
     e.weight.copy_(torch.where(counts[:, None] > 0, new, e.weight))                   # unused codes keep their weight
 

@@ -30,6 +30,7 @@ class VQKDConfig(RunConfig):
     ema_decay: float = 0.99              # codebook EMA decay
     dead_code_threshold: float = 0.2     # restart a code from batch vectors when its EMA usage falls below this fraction of a uniform share (0: never)
     restart_grace: int = 0               # steps a restarted code survives without winning a vector (0: it must win at its next step)
+    ema_rule: str = 'vqkd'               # codebook update: 'vqkd' (official) or 'running_mean' (vector_quantize_pytorch's; docs: peers)
     steps: int = 220                     # optimizer steps (the default notebook: under 3 minutes on 2 CPU cores)
     out_dir: str = 'runs/vqkd'           # checkpoints, metrics.jsonl, tensorboard, tokenizer.safetensors
 
@@ -49,6 +50,7 @@ def validate_vqkd(cfg: VQKDConfig) -> VQKDConfig:
     check(0 < cfg.ema_decay < 1, 'ema_decay', f'must be in (0, 1), got {cfg.ema_decay}')
     check(0 <= cfg.dead_code_threshold < 1, 'dead_code_threshold', f'must be in [0, 1), got {cfg.dead_code_threshold}')
     check(isinstance(cfg.restart_grace, int) and cfg.restart_grace >= 0, 'restart_grace', f'must be an integer >= 0, got {cfg.restart_grace!r}')
+    check(cfg.ema_rule in ('vqkd', 'running_mean'), 'ema_rule', f"must be 'vqkd' or 'running_mean', got {cfg.ema_rule!r}")
     check(cfg.teacher_size >= 0, 'teacher_size', f'must be >= 0, got {cfg.teacher_size}')
     check(cfg.teacher_weights == '' or Path(cfg.teacher_weights).is_file(), 'teacher_weights', f'file not found: {cfg.teacher_weights}')
     return cfg
@@ -74,7 +76,7 @@ class VQKDTask(Task):
         model = create_tokenizer(cfg.model, img_size=cfg.img_size, codebook_size=cfg.codebook_size, code_dim=cfg.code_dim,
                                  teacher_dim=teacher.out_dim, decay=cfg.ema_decay,
                                  dead_code_threshold=cfg.dead_code_threshold * uniform_share,
-                                 restart_grace=cfg.restart_grace).to(device)
+                                 restart_grace=cfg.restart_grace, ema_rule=cfg.ema_rule).to(device)
         model.quantize.sync = get_world_size() > 1         # explicit, decided here, not at construction
         return Built(model=model, frozen=dict(teacher=teacher), ddp=dict(broadcast_buffers=False))
 

@@ -60,7 +60,6 @@ import math
 import shutil
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -152,30 +151,12 @@ class VQPeerTask(VQKDTask):
     def finish(self, built, out_dir) -> dict: return {}  # the weights are in the checkpoint; no tokenizer file (not our quantizer)
 
 
-@torch.no_grad()
-def running_mean_ema_update(q, st: torch.Tensor):
-    """`NormEMAVectorQuantizer._ema_update` with `vector_quantize_pytorch`'s cosine-codebook rule: each code is
-    l2norm(EMA of its vector sums / its Laplace-smoothed EMA count), a count-weighted running mean, where the official
-    VQ-KD rule is w <- l2norm(g w + (1 - g) l2norm(batch sum)) for the codes the batch used."""
-    from beitv2_lab.core import l2norm
-    sums, counts, g, e = st[:, :-1], st[:, -1], q.decay, q.embedding
-    q.cluster_size.mul_(g).add_(counts, alpha=1 - g)
-    e.cluster_size.mul_(g).add_(counts, alpha=1 - g)
-    e.embed_avg.mul_(g).add_(sums, alpha=1 - g)
-    n = e.cluster_size.sum()
-    size = (e.cluster_size + q.eps) / (n + q.codebook_size * q.eps) * n          # its laplace_smoothing, times the total
-    e.weight.copy_(l2norm(e.embed_avg / size[:, None], eps=q.eps))
-
-
 class RunningMeanEMATask(VQKDTask):
-    """An ablation, not a peer: ours with the peer's codebook EMA rule (`running_mean_ema_update`) and nothing else
-    changed (ours' k-means init, dead-code restarts, encoder, decoder, teacher): does the EMA rule explain the gap?"""
+    """An ablation, not a peer: ours with the peer's codebook EMA rule (`ema_rule='running_mean'`, a count-weighted
+    running mean with Laplace-smoothed counts) and nothing else changed (ours' k-means init, dead-code restarts,
+    encoder, decoder, teacher): does the EMA rule explain the gap?"""
     name = 'vqkd_running_mean_ema'
-    def build(self, cfg, device) -> Built:
-        built = super().build(cfg, device)
-        q = built.model.quantize
-        q._ema_update = types.MethodType(running_mean_ema_update, q)
-        return built
+    def build(self, cfg, device) -> Built: return super().build(dataclasses.replace(cfg, ema_rule='running_mean'), device)
 
 
 class QuantizerCodes:
